@@ -1,0 +1,635 @@
+//! The I/O thread: owns the task queue and every worker's pipes. One `poll` loop dispatches,
+//! writes, reads, completes slots, enforces per-task timeouts and notices dead workers.
+#![forbid(unsafe_code)]
+
+use std::collections::{HashSet, VecDeque};
+use std::io::ErrorKind;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+
+use super::slots::{Outcome, Phase};
+use super::{Command, EngineStats, Event, Shared, Task, WorkerSpec, WorkerStats};
+use crate::posix;
+use crate::protocol::{encode_frame, FrameKind, FrameReader, FuncId, TaskId, WorkerId};
+
+/// Tasks a worker may hold before its task time is known: one running, one ready behind it.
+const INITIAL_IN_FLIGHT: usize = 2;
+
+/// Once task time is measured, a worker holds enough queued work to cover about this long, so
+/// it never idles waiting for the parent, while slow tasks stay balanced across workers.
+const PREFETCH_BUDGET_NS: f64 = 2_000_000.0;
+
+/// Upper bound on tasks held by one worker (bounds the work lost or requeued when it dies).
+const MAX_IN_FLIGHT: usize = 512;
+
+/// Bytes read per `read` call at least; a burst of small results arrives in one call.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// Workers that die before finishing start-up this many times in a row break the pool instead
+/// of being respawned forever (the stdlib loops forever here).
+const MAX_STARTUP_FAILURES: u32 = 3;
+
+/// How often counters are copied out for `stats()`.
+const STATS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The loop wakes at least this often even when idle (cheap; keeps timeouts honest).
+const IDLE_POLL: Duration = Duration::from_millis(500);
+
+struct Worker {
+    id: WorkerId,
+    pid: i32,
+    task_pipe: Option<OwnedFd>,
+    result_pipe: Option<OwnedFd>,
+    sentinel: Option<OwnedFd>,
+    out: Vec<u8>,
+    out_pos: usize,
+    reader: FrameReader,
+    in_flight: VecDeque<Task>,
+    known_funcs: HashSet<FuncId>,
+    ready: bool,
+    assigned: u64,
+    task_ns_ewma: Option<f64>,
+    front_started: Option<Instant>,
+    timed_out: Option<(TaskId, Duration)>,
+    exited: bool,
+    tasks_done: u64,
+    busy_ns: u64,
+}
+
+impl Worker {
+    fn new(id: WorkerId, spec: WorkerSpec) -> Self {
+        let _ = posix::set_nonblocking(&spec.task_pipe, true);
+        let _ = posix::set_nonblocking(&spec.result_pipe, true);
+        Self {
+            id,
+            pid: spec.pid,
+            task_pipe: Some(spec.task_pipe),
+            result_pipe: Some(spec.result_pipe),
+            sentinel: Some(spec.sentinel),
+            out: Vec::new(),
+            out_pos: 0,
+            reader: FrameReader::new(),
+            in_flight: VecDeque::new(),
+            known_funcs: HashSet::new(),
+            ready: false,
+            assigned: 0,
+            task_ns_ewma: None,
+            front_started: None,
+            timed_out: None,
+            exited: false,
+            tasks_done: 0,
+            busy_ns: 0,
+        }
+    }
+
+    fn room(&self) -> usize {
+        match self.task_ns_ewma {
+            None => INITIAL_IN_FLIGHT,
+            Some(ns) => {
+                let extra = (PREFETCH_BUDGET_NS / ns.max(1.0)) as usize;
+                INITIAL_IN_FLIGHT + extra.min(MAX_IN_FLIGHT)
+            }
+        }
+    }
+
+    fn accepts_tasks(&self, quota: Option<u64>) -> bool {
+        self.task_pipe.is_some()
+            && !self.exited
+            && quota.is_none_or(|q| self.assigned < q)
+            && self.in_flight.len() < self.room()
+    }
+
+    fn record_task_time(&mut self, ns: u64) {
+        let sample = ns as f64;
+        self.task_ns_ewma = Some(match self.task_ns_ewma {
+            Some(prev) => prev * 0.8 + sample * 0.2,
+            None => sample,
+        });
+        self.tasks_done += 1;
+        self.busy_ns += ns;
+    }
+}
+
+struct IoLoop {
+    shared: Arc<Shared>,
+    queue: VecDeque<Task>,
+    workers: Vec<Worker>,
+    closing: bool,
+    released: bool,
+    startup_failures: u32,
+    notices: Vec<TaskId>,
+    any_done: bool,
+    tasks_done: u64,
+    deaths: u64,
+    last_stats: Instant,
+}
+
+/// Entry point of the I/O thread. A panic inside the loop must not leave waiters hanging: it
+/// breaks the pool and fails every task the loop still knew about.
+pub(super) fn run(shared: Arc<Shared>, commands: Receiver<Command>) {
+    let mut io = IoLoop {
+        shared: shared.clone(),
+        queue: VecDeque::new(),
+        workers: Vec::new(),
+        closing: false,
+        released: false,
+        startup_failures: 0,
+        notices: Vec::new(),
+        any_done: false,
+        tasks_done: 0,
+        deaths: 0,
+        last_stats: Instant::now(),
+    };
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| io.run(&commands)));
+    if outcome.is_err() {
+        shared.mark_startup_failed("internal error: rpool's I/O thread panicked".into());
+        io.fail_everything(|| Outcome::Protocol("internal error in rpool's I/O thread".into()));
+        for worker in &io.workers {
+            let _ = posix::kill(worker.pid, libc::SIGKILL);
+        }
+        io.flush_notices();
+    }
+}
+
+impl IoLoop {
+    fn run(&mut self, commands: &Receiver<Command>) {
+        loop {
+            while let Ok(command) = commands.try_recv() {
+                if !self.handle_command(command) {
+                    self.fail_everything(|| Outcome::Terminated);
+                    self.flush_notices();
+                    self.publish_stats();
+                    return;
+                }
+            }
+            self.dispatch();
+            for index in 0..self.workers.len() {
+                self.flush_writes(index);
+            }
+            self.release_if_drained();
+            self.flush_notices();
+            if self.last_stats.elapsed() >= STATS_INTERVAL {
+                self.publish_stats();
+            }
+            self.poll_once();
+            self.enforce_timeouts();
+        }
+    }
+
+    /// Returns false when the loop must stop.
+    fn handle_command(&mut self, command: Command) -> bool {
+        match command {
+            Command::Submit(tasks) => {
+                if self.shared.state.load(Ordering::SeqCst) >= super::STATE_TERMINATED {
+                    for task in tasks {
+                        self.finish_task(task, self.refusal(), 0);
+                    }
+                } else {
+                    self.queue.extend(tasks);
+                }
+            }
+            Command::AddWorker(id, spec) => {
+                let mut worker = Worker::new(id, spec);
+                if self.released {
+                    worker.task_pipe = None;
+                }
+                self.workers.push(worker);
+            }
+            Command::WorkerExited(id, exitcode) => self.worker_exited(id, exitcode),
+            Command::Close => self.closing = true,
+            Command::Terminate => {
+                self.fail_everything(|| Outcome::Terminated);
+                for worker in &mut self.workers {
+                    worker.out.clear();
+                    worker.out_pos = 0;
+                }
+            }
+            Command::KillWorkers(signal) => {
+                for worker in &self.workers {
+                    if !worker.exited {
+                        let _ = posix::kill(worker.pid, signal);
+                    }
+                }
+            }
+            Command::Shutdown => return false,
+        }
+        true
+    }
+
+    /// The outcome for tasks arriving at a pool that no longer runs them.
+    fn refusal(&self) -> Outcome {
+        match self.shared.broken_payload.lock().clone() {
+            Some(payload) => Outcome::InitFailed(payload),
+            None => Outcome::Terminated,
+        }
+    }
+
+    fn finish_task(&mut self, task: Task, outcome: Outcome, elapsed_ns: u64) {
+        let slot = task.slot;
+        if slot.store(outcome, elapsed_ns) {
+            if slot.notify {
+                self.notices.push(slot.id);
+            } else {
+                slot.publish();
+            }
+            self.any_done = true;
+        }
+        self.shared.outstanding.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn fail_everything(&mut self, outcome: impl Fn() -> Outcome) {
+        let queued: Vec<Task> = self.queue.drain(..).collect();
+        for task in queued {
+            self.finish_task(task, outcome(), 0);
+        }
+        for index in 0..self.workers.len() {
+            let held: Vec<Task> = self.workers[index].in_flight.drain(..).collect();
+            for task in held {
+                self.finish_task(task, outcome(), 0);
+            }
+        }
+    }
+
+    fn dispatch(&mut self) {
+        if self.shared.state.load(Ordering::SeqCst) >= super::STATE_TERMINATED {
+            return;
+        }
+        let quota = self.shared.config.max_tasks_per_worker;
+        while let Some(front) = self.queue.front() {
+            // Cancelled (or otherwise finished) tasks leave the queue without a worker.
+            match front.slot.phase() {
+                Phase::Queued => {}
+                Phase::Running => {}
+                Phase::Arrived | Phase::Done => {
+                    if let Some(task) = self.queue.pop_front() {
+                        self.shared.outstanding.fetch_sub(1, Ordering::SeqCst);
+                        drop(task);
+                    }
+                    continue;
+                }
+            }
+            let choice = self
+                .workers
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| w.accepts_tasks(quota))
+                .min_by_key(|(_, w)| w.in_flight.len())
+                .map(|(index, _)| index);
+            let Some(index) = choice else { break };
+            let Some(task) = self.queue.pop_front() else { break };
+            if task.slot.phase() == Phase::Queued && !task.slot.start() {
+                // Cancelled between the phase check and now.
+                self.shared.outstanding.fetch_sub(1, Ordering::SeqCst);
+                continue;
+            }
+            let worker = &mut self.workers[index];
+            let func_id = match &task.func {
+                Some(func) => {
+                    if worker.known_funcs.insert(func.id) {
+                        encode_frame(&mut worker.out, FrameKind::DefineFunc, func.id.0, 0, &func.pickled);
+                    }
+                    func.id.0
+                }
+                None => FuncId::INLINE.0,
+            };
+            encode_frame(&mut worker.out, task.kind, task.slot.id.0, func_id, &task.payload);
+            worker.assigned += 1;
+            if worker.in_flight.is_empty() && worker.ready {
+                worker.front_started = Some(Instant::now());
+            }
+            worker.in_flight.push_back(task);
+        }
+    }
+
+    fn flush_writes(&mut self, index: usize) {
+        let worker = &mut self.workers[index];
+        let Some(pipe) = worker.task_pipe.as_ref() else {
+            worker.out.clear();
+            worker.out_pos = 0;
+            return;
+        };
+        while worker.out_pos < worker.out.len() {
+            match posix::write(pipe.as_raw_fd(), &worker.out[worker.out_pos..]) {
+                Ok(n) => worker.out_pos += n,
+                Err(err) if err.kind() == ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    // The worker is gone (EPIPE); its sentinel will report the death.
+                    worker.out.clear();
+                    worker.out_pos = 0;
+                    worker.task_pipe = None;
+                    return;
+                }
+            }
+        }
+        worker.out.clear();
+        worker.out_pos = 0;
+        if worker.out.capacity() > 4 << 20 {
+            worker.out.shrink_to(64 << 10);
+        }
+    }
+
+    /// After `close()`, once nothing is left to run, closing each task pipe tells its worker to
+    /// finish and exit normally.
+    fn release_if_drained(&mut self) {
+        if !self.closing || self.released || !self.queue.is_empty() {
+            return;
+        }
+        if self.workers.iter().any(|w| !w.in_flight.is_empty() || w.out_pos < w.out.len()) {
+            return;
+        }
+        self.released = true;
+        for worker in &mut self.workers {
+            worker.task_pipe = None;
+        }
+    }
+
+    fn flush_notices(&mut self) {
+        if self.any_done {
+            self.any_done = false;
+            self.shared.waiters.wake_all();
+        }
+        self.shared.push_notices(&mut self.notices);
+    }
+
+    fn publish_stats(&mut self) {
+        self.last_stats = Instant::now();
+        let workers = self
+            .workers
+            .iter()
+            .map(|w| WorkerStats {
+                worker: w.id.0,
+                pid: w.pid,
+                tasks_done: w.tasks_done,
+                busy_ns: w.busy_ns,
+                in_flight: w.in_flight.len(),
+            })
+            .collect();
+        self.shared.publish_stats(EngineStats {
+            queued: self.queue.len(),
+            in_flight: self.workers.iter().map(|w| w.in_flight.len()).sum(),
+            tasks_done: self.tasks_done,
+            worker_deaths: self.deaths,
+            workers,
+        });
+    }
+
+    fn poll_timeout(&self) -> Duration {
+        let now = Instant::now();
+        let mut timeout = IDLE_POLL;
+        for worker in &self.workers {
+            if let Some(deadline) = front_deadline(worker) {
+                timeout = timeout.min(deadline.saturating_duration_since(now));
+            }
+        }
+        timeout
+    }
+
+    fn poll_once(&mut self) {
+        // Entry kinds: 0 = wake fd, 1 = result pipe, 2 = sentinel, 3 = task pipe writable.
+        let mut fds = vec![posix::poll_fd(self.shared.wake.raw(), posix::POLLIN)];
+        let mut owners: Vec<(usize, u8)> = vec![(usize::MAX, 0)];
+        for (index, worker) in self.workers.iter().enumerate() {
+            if worker.exited {
+                continue;
+            }
+            if let Some(pipe) = &worker.result_pipe {
+                fds.push(posix::poll_fd(pipe.as_raw_fd(), posix::POLLIN));
+                owners.push((index, 1));
+            }
+            if let Some(sentinel) = &worker.sentinel {
+                fds.push(posix::poll_fd(sentinel.as_raw_fd(), posix::POLLIN));
+                owners.push((index, 2));
+            }
+            if let Some(pipe) = &worker.task_pipe {
+                if worker.out_pos < worker.out.len() {
+                    fds.push(posix::poll_fd(pipe.as_raw_fd(), posix::POLLOUT));
+                    owners.push((index, 3));
+                }
+            }
+        }
+        let timeout_ms = self.poll_timeout().as_millis().min(i32::MAX as u128) as i32;
+        if posix::poll(&mut fds, timeout_ms).is_err() {
+            std::thread::sleep(Duration::from_millis(1));
+            return;
+        }
+        let ready = posix::POLLIN | posix::POLLHUP | posix::POLLERR | posix::POLLNVAL;
+        let mut exited = Vec::new();
+        for (entry, &(index, kind)) in fds.iter().zip(owners.iter()) {
+            if entry.revents == 0 {
+                continue;
+            }
+            match kind {
+                0 => self.shared.wake.drain(),
+                1 if entry.revents & ready != 0 => self.read_results(index),
+                2 if entry.revents & ready != 0 => exited.push(index),
+                _ => {}
+            }
+        }
+        for index in exited {
+            self.process_exited(index);
+        }
+    }
+
+    /// Reads everything available on a worker's result pipe and handles the frames.
+    fn read_results(&mut self, index: usize) {
+        loop {
+            let worker = &mut self.workers[index];
+            let Some(pipe) = worker.result_pipe.as_ref() else { return };
+            let fd = pipe.as_raw_fd();
+            let space = worker.reader.spare(READ_CHUNK);
+            match posix::read(fd, space) {
+                Ok(0) => {
+                    // EOF: the worker closed its end; its sentinel reports the exit.
+                    worker.result_pipe = None;
+                    self.handle_frames(index);
+                    return;
+                }
+                Ok(n) => {
+                    worker.reader.commit(n);
+                    self.handle_frames(index);
+                }
+                Err(err) if err.kind() == ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    worker.result_pipe = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn handle_frames(&mut self, index: usize) {
+        loop {
+            let frame = match self.workers[index].reader.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return,
+                Err(err) => {
+                    self.protocol_failure(index, &err.to_string());
+                    return;
+                }
+            };
+            match frame.kind {
+                FrameKind::Ready => {
+                    let worker = &mut self.workers[index];
+                    worker.ready = true;
+                    if !worker.in_flight.is_empty() {
+                        worker.front_started = Some(Instant::now());
+                    }
+                    self.startup_failures = 0;
+                }
+                FrameKind::Ok | FrameKind::Err => {
+                    let worker = &mut self.workers[index];
+                    let matches = worker.in_flight.front().map(|t| t.slot.id.0) == Some(frame.id);
+                    if !matches {
+                        let msg = format!("result for unknown task {}", frame.id);
+                        self.protocol_failure(index, &msg);
+                        return;
+                    }
+                    let Some(task) = worker.in_flight.pop_front() else { return };
+                    worker.record_task_time(frame.aux);
+                    worker.front_started = if worker.in_flight.is_empty() {
+                        None
+                    } else {
+                        Some(Instant::now())
+                    };
+                    self.tasks_done += 1;
+                    let outcome = if frame.kind == FrameKind::Ok {
+                        Outcome::Value(frame.payload)
+                    } else {
+                        Outcome::TaskError(frame.payload)
+                    };
+                    self.finish_task(task, outcome, frame.aux);
+                }
+                FrameKind::InitFailed => {
+                    let payload = Arc::new(frame.payload);
+                    self.shared.mark_broken(payload.clone());
+                    self.fail_everything(|| Outcome::InitFailed(payload.clone()));
+                    let id = self.workers[index].id;
+                    self.shared.push_event(Event::InitFailed { worker: id });
+                }
+                other => {
+                    let msg = format!("unexpected frame kind {other:?} from a worker");
+                    self.protocol_failure(index, &msg);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A worker sent garbage: nothing it holds can be trusted. Kill it; its tasks are failed
+    /// when its exit is reported.
+    fn protocol_failure(&mut self, index: usize, message: &str) {
+        let worker = &mut self.workers[index];
+        let _ = posix::kill(worker.pid, libc::SIGKILL);
+        worker.result_pipe = None;
+        let held: Vec<Task> = worker.in_flight.drain(..).collect();
+        let text = format!("worker pid {} sent a corrupt stream: {message}", worker.pid);
+        for task in held {
+            self.finish_task(task, Outcome::Protocol(text.clone()), 0);
+        }
+    }
+
+    /// The worker's process has ended: collect what it wrote before dying and tell the
+    /// supervisor, which reaps it and reports the exit status.
+    fn process_exited(&mut self, index: usize) {
+        if self.workers[index].result_pipe.is_some() {
+            self.read_results(index);
+        }
+        let worker = &mut self.workers[index];
+        worker.exited = true;
+        worker.result_pipe = None;
+        worker.task_pipe = None;
+        worker.sentinel = None;
+        worker.out.clear();
+        worker.out_pos = 0;
+        self.shared.push_event(Event::WorkerDied { worker: worker.id, pid: worker.pid });
+    }
+
+    fn worker_exited(&mut self, id: WorkerId, exitcode: Option<i32>) {
+        let Some(index) = self.workers.iter().position(|w| w.id == id) else { return };
+        if !self.workers[index].exited {
+            self.process_exited(index);
+        }
+        let worker = self.workers.swap_remove(index);
+        let mut held = worker.in_flight;
+        let abnormal = exitcode != Some(0);
+        if abnormal {
+            self.deaths += 1;
+        }
+        let mut requeue: Vec<Task> = Vec::new();
+        if worker.ready {
+            if let Some(mut running) = held.pop_front() {
+                let timed_out = worker.timed_out.filter(|(task, _)| *task == running.slot.id);
+                if let Some((_, limit)) = timed_out {
+                    self.finish_task(running, Outcome::TaskTimeout { pid: worker.pid, limit }, 0);
+                } else if running.retries_left > 0 {
+                    running.retries_left -= 1;
+                    requeue.push(running);
+                } else {
+                    let lost = Outcome::WorkerLost { pid: worker.pid, exitcode };
+                    self.finish_task(running, lost, 0);
+                }
+            }
+        } else if abnormal {
+            self.startup_failures += 1;
+            if self.startup_failures >= MAX_STARTUP_FAILURES {
+                let attempts = self.startup_failures;
+                self.shared.mark_startup_failed(startup_message(exitcode, attempts));
+                requeue.extend(held.drain(..));
+                self.queue.extend(requeue.drain(..));
+                self.fail_everything(|| Outcome::StartupFailed { exitcode, attempts });
+                return;
+            }
+        }
+        // Tasks the worker had received but not started go back to the front of the queue.
+        requeue.extend(held);
+        for task in requeue.into_iter().rev() {
+            self.queue.push_front(task);
+        }
+        if self.shared.state.load(Ordering::SeqCst) >= super::STATE_TERMINATED {
+            let refusal = self.refusal();
+            self.fail_everything(|| refusal.clone());
+        }
+    }
+
+    fn enforce_timeouts(&mut self) {
+        let now = Instant::now();
+        for worker in &mut self.workers {
+            if worker.timed_out.is_some() || worker.exited {
+                continue;
+            }
+            let Some(deadline) = front_deadline(worker) else { continue };
+            if now >= deadline {
+                if let Some(task) = worker.in_flight.front() {
+                    let limit = task.timeout.unwrap_or_default();
+                    worker.timed_out = Some((task.slot.id, limit));
+                    let _ = posix::kill(worker.pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+fn front_deadline(worker: &Worker) -> Option<Instant> {
+    if worker.timed_out.is_some() || worker.exited {
+        return None;
+    }
+    let limit = worker.in_flight.front()?.timeout?;
+    Some(worker.front_started? + limit)
+}
+
+fn startup_message(exitcode: Option<i32>, attempts: u32) -> String {
+    let how = match exitcode {
+        Some(code) if code < 0 => format!("were killed by signal {}", -code),
+        Some(code) => format!("exited with code {code}"),
+        None => "exited".to_string(),
+    };
+    format!(
+        "{attempts} worker processes in a row {how} before finishing start-up (is the task's \
+         module importable in the child, and does the start method suit this program?)"
+    )
+}

@@ -1,0 +1,231 @@
+//! Thin, safe wrappers over the libc calls rpool needs: non-blocking pipes, poll, eventfd wake-ups,
+//! kill, parent-death signals and `_exit`. This is the only module with `unsafe`; every block
+//! states why it is sound.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Takes ownership of a file descriptor handed over from Python (which gave up its own claim).
+pub(crate) fn own_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "negative file descriptor"));
+    }
+    // SAFETY: F_GETFD only inspects the descriptor table entry; it fails with EBADF for a closed fd.
+    check(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
+    // SAFETY: the caller transferred sole ownership of `fd` (Python detached it), and it is open.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Switches `O_NONBLOCK` on or off.
+pub(crate) fn set_nonblocking(fd: &OwnedFd, nonblocking: bool) -> io::Result<()> {
+    let raw = fd.as_raw_fd();
+    // SAFETY: `raw` is a valid open descriptor borrowed from `fd` for the duration of the call.
+    let flags = check(unsafe { libc::fcntl(raw, libc::F_GETFL) })?;
+    let wanted =
+        if nonblocking { flags | libc::O_NONBLOCK } else { flags & !libc::O_NONBLOCK };
+    if wanted != flags {
+        // SAFETY: as above; F_SETFL with flags derived from F_GETFL.
+        check(unsafe { libc::fcntl(raw, libc::F_SETFL, wanted) })?;
+    }
+    Ok(())
+}
+
+/// `read(2)`, retried on EINTR. `Ok(0)` is end of file.
+pub(crate) fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is a valid writable region of `buf.len()` bytes for the whole call.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// `write(2)`, retried on EINTR. Returns the number of bytes written.
+pub(crate) fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is a valid readable region of `buf.len()` bytes for the whole call.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Writes all of `buf` to a blocking descriptor.
+pub(crate) fn write_all(fd: RawFd, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        let n = write(fd, buf)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "pipe accepted no bytes"));
+        }
+        buf = &buf[n..];
+    }
+    Ok(())
+}
+
+/// One entry of a `poll(2)` set.
+pub(crate) type PollFd = libc::pollfd;
+pub(crate) const POLLIN: i16 = libc::POLLIN;
+pub(crate) const POLLOUT: i16 = libc::POLLOUT;
+pub(crate) const POLLHUP: i16 = libc::POLLHUP;
+pub(crate) const POLLERR: i16 = libc::POLLERR;
+pub(crate) const POLLNVAL: i16 = libc::POLLNVAL;
+
+pub(crate) fn poll_fd(fd: RawFd, events: i16) -> PollFd {
+    libc::pollfd { fd, events, revents: 0 }
+}
+
+/// `poll(2)` with a millisecond timeout (-1 = forever); EINTR counts as "nothing ready".
+pub(crate) fn poll(fds: &mut [PollFd], timeout_ms: i32) -> io::Result<usize> {
+    // SAFETY: `fds` is a valid, exclusively borrowed array of `fds.len()` pollfd structs.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    if n < 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() == io::ErrorKind::Interrupted {
+            return Ok(0);
+        }
+        return Err(err);
+    }
+    Ok(n as usize)
+}
+
+/// A non-blocking eventfd used to wake the I/O thread from any thread.
+pub(crate) struct WakeFd {
+    fd: OwnedFd,
+}
+
+impl WakeFd {
+    pub(crate) fn new() -> io::Result<Self> {
+        // SAFETY: eventfd has no pointer arguments; the result is checked before use.
+        let raw = check(unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) })?;
+        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+        Ok(Self { fd: unsafe { OwnedFd::from_raw_fd(raw) } })
+    }
+
+    pub(crate) fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Makes the descriptor readable. Never blocks (a full counter still means "readable").
+    pub(crate) fn wake(&self) {
+        let _ = write(self.raw(), &1u64.to_ne_bytes());
+    }
+
+    /// Resets the descriptor to "not readable".
+    pub(crate) fn drain(&self) {
+        let mut word = [0u8; 8];
+        let _ = read(self.raw(), &mut word);
+    }
+}
+
+/// Sends `signal` to process `pid`; a process that is already gone is not an error.
+pub(crate) fn kill(pid: i32, signal: i32) -> io::Result<()> {
+    if pid <= 0 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "refusing to signal pid <= 0"));
+    }
+    // SAFETY: kill has no pointer arguments; pid > 0 targets exactly one process.
+    match check(unsafe { libc::kill(pid, signal) }) {
+        Err(err) if err.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+        other => other.map(|_| ()),
+    }
+}
+
+/// Asks the kernel to send `signal` to this process when its parent thread exits.
+pub(crate) fn set_parent_death_signal(signal: i32) -> io::Result<()> {
+    // SAFETY: PR_SET_PDEATHSIG takes an integer signal number; no pointers involved.
+    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) })?;
+    Ok(())
+}
+
+pub(crate) fn parent_pid() -> i32 {
+    // SAFETY: getppid cannot fail and has no arguments.
+    unsafe { libc::getppid() }
+}
+
+pub(crate) fn current_pid() -> i32 {
+    std::process::id() as i32
+}
+
+/// Ends the process at once, skipping destructors and atexit handlers.
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and has no preconditions.
+    unsafe { libc::_exit(code) }
+}
+
+/// Closes a raw descriptor number inherited through `fork` that this process must not hold.
+pub(crate) fn close_inherited(fd: RawFd) {
+    if fd >= 0 {
+        // SAFETY: the caller names a descriptor that belongs to the parent's pool state and that
+        // nothing in this freshly forked worker uses; closing it only drops that reference.
+        unsafe { libc::close(fd) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipe() -> (OwnedFd, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+        check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }).unwrap();
+        (own_fd(fds[0]).unwrap(), own_fd(fds[1]).unwrap())
+    }
+
+    #[test]
+    fn nonblocking_read_of_empty_pipe_would_block() {
+        let (r, _w) = pipe();
+        set_nonblocking(&r, true).unwrap();
+        let mut buf = [0u8; 4];
+        let err = read(r.as_raw_fd(), &mut buf).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn poll_reports_hangup_when_writer_closes() {
+        let (r, w) = pipe();
+        drop(w);
+        let mut set = [poll_fd(r.as_raw_fd(), 0)];
+        assert_eq!(poll(&mut set, 1000).unwrap(), 1);
+        assert!(set[0].revents & POLLHUP != 0);
+    }
+
+    #[test]
+    fn wake_fd_toggles_readability() {
+        let wake = WakeFd::new().unwrap();
+        let mut set = [poll_fd(wake.raw(), POLLIN)];
+        assert_eq!(poll(&mut set, 0).unwrap(), 0);
+        wake.wake();
+        wake.wake();
+        assert_eq!(poll(&mut set, 0).unwrap(), 1);
+        wake.drain();
+        assert_eq!(poll(&mut set, 0).unwrap(), 0);
+    }
+
+    #[test]
+    fn own_fd_rejects_closed_descriptors() {
+        assert!(own_fd(-1).is_err());
+        let (r, w) = pipe();
+        let raw = r.as_raw_fd();
+        drop(r);
+        drop(w);
+        assert!(own_fd(raw).is_err());
+    }
+}

@@ -1,0 +1,290 @@
+//! Wire protocol between the parent and its workers: frame layout, message kinds and id newtypes.
+//!
+//! Every message on a task pipe (parent → worker) or a result pipe (worker → parent) is one frame:
+//!
+//! ```text
+//! +-------------+---------+-----------+------------+------------------+
+//! | len: u64 LE | kind:u8 | id: u64LE | aux: u64LE | payload (len B)  |
+//! +-------------+---------+-----------+------------+------------------+
+//! ```
+//!
+//! `id` names the task (or the function for `DefineFunc`); `aux` carries a kind-specific number
+//! (function id for calls, compute time in ns for results, pid for `Ready`). Many frames are
+//! written back to back and read in bulk; [`FrameReader`] splits a byte stream into frames and
+//! copes with frames split across reads.
+#![forbid(unsafe_code)]
+
+use std::fmt;
+
+/// Size of the fixed frame header in bytes.
+pub const HEADER_LEN: usize = 25;
+
+/// Largest payload accepted from a peer. A length beyond this means a corrupt stream, not a big
+/// result: 64 GiB is far past what this machine class can hold, yet small enough to catch garbage.
+pub const MAX_PAYLOAD: u64 = 64 << 30;
+
+/// Identifies one submitted task (a single call or one map chunk) for the life of a pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId(pub u64);
+
+/// Identifies one worker process slot for the life of a pool (never reused).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WorkerId(pub u64);
+
+/// Identifies a pickled callable that workers cache; 0 means "the callable travels inline".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FuncId(pub u64);
+
+impl FuncId {
+    /// The callable is pickled inside the task payload instead of being cached by id.
+    pub const INLINE: FuncId = FuncId(0);
+}
+
+/// What a frame means. Values below 10 flow parent → worker, 10 and above worker → parent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameKind {
+    /// Call `func(*args, **kwargs)`; payload = pickle((args, kwargs)) or pickle((func, args, kwargs)).
+    Call = 1,
+    /// Apply `func` to each item of a chunk; payload = pickle(items) or pickle((func, items)).
+    Map = 2,
+    /// Like `Map` but each item is an argument tuple (`starmap`).
+    StarMap = 3,
+    /// Cache a callable under `id`; payload = pickle(func).
+    DefineFunc = 4,
+    /// Worker finished its initializer and waits for tasks; aux = pid.
+    Ready = 10,
+    /// Task `id` succeeded; payload = pickled value; aux = compute time in ns.
+    Ok = 11,
+    /// Task `id` failed; payload = pickled (exception, traceback text); aux = compute time in ns.
+    Err = 12,
+    /// The initializer raised; payload = pickled (exception, traceback text).
+    InitFailed = 13,
+}
+
+impl FrameKind {
+    /// Decodes a kind byte read from a peer.
+    pub fn from_byte(byte: u8) -> Result<Self, ProtocolError> {
+        Ok(match byte {
+            1 => Self::Call,
+            2 => Self::Map,
+            3 => Self::StarMap,
+            4 => Self::DefineFunc,
+            10 => Self::Ready,
+            11 => Self::Ok,
+            12 => Self::Err,
+            13 => Self::InitFailed,
+            other => return Err(ProtocolError::UnknownKind(other)),
+        })
+    }
+}
+
+/// A stream that cannot be a sequence of frames.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProtocolError {
+    UnknownKind(u8),
+    Oversized(u64),
+}
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnknownKind(kind) => write!(f, "unknown frame kind {kind}"),
+            Self::Oversized(len) => {
+                write!(f, "frame length {len} exceeds the limit of {MAX_PAYLOAD} bytes")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ProtocolError {}
+
+/// One decoded frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub kind: FrameKind,
+    pub id: u64,
+    pub aux: u64,
+    pub payload: Vec<u8>,
+}
+
+/// Appends one frame to `out`.
+pub fn encode_frame(out: &mut Vec<u8>, kind: FrameKind, id: u64, aux: u64, payload: &[u8]) {
+    out.reserve(HEADER_LEN + payload.len());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.push(kind as u8);
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(&aux.to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// Initial read buffer: large enough that a burst of small results is one `read` call.
+const INITIAL_READ_BUFFER: usize = 256 * 1024;
+
+/// Reassembles frames from a byte stream read in arbitrary pieces.
+///
+/// Owns one growable buffer; callers read straight into [`FrameReader::spare`] and then
+/// [`FrameReader::commit`] the count, so bytes are copied once into the buffer and once out into
+/// the frame payload.
+pub struct FrameReader {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Default for FrameReader {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FrameReader {
+    pub fn new() -> Self {
+        Self { buf: vec![0; INITIAL_READ_BUFFER], start: 0, end: 0 }
+    }
+
+    /// Writable space at the end of the buffer, at least `min` bytes and enough to hold the
+    /// whole frame that has started arriving.
+    pub fn spare(&mut self, min: usize) -> &mut [u8] {
+        let pending = self.end - self.start;
+        let mut wanted = min.max(1);
+        if pending >= HEADER_LEN {
+            let declared = read_u64(&self.buf[self.start..]) as usize;
+            let total = HEADER_LEN.saturating_add(declared.min(MAX_PAYLOAD as usize));
+            wanted = wanted.max(total.saturating_sub(pending));
+        }
+        if self.buf.len() - self.end < wanted {
+            // Compact first; grow only if that is not enough.
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end = pending;
+            self.start = 0;
+            if self.buf.len() - self.end < wanted {
+                self.buf.resize(self.end + wanted.max(self.buf.len()), 0);
+            }
+        }
+        &mut self.buf[self.end..]
+    }
+
+    /// Marks `n` bytes written into [`FrameReader::spare`] as received.
+    pub fn commit(&mut self, n: usize) {
+        self.end = (self.end + n).min(self.buf.len());
+    }
+
+    /// Appends bytes (used by tests and by callers that already hold a slice).
+    pub fn feed(&mut self, data: &[u8]) {
+        let space = self.spare(data.len());
+        space[..data.len()].copy_from_slice(data);
+        self.commit(data.len());
+    }
+
+    /// True when no partial frame is buffered.
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    /// Pops the next complete frame, `Ok(None)` if more bytes are needed.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, ProtocolError> {
+        let pending = &self.buf[self.start..self.end];
+        if pending.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let len = read_u64(pending);
+        if len > MAX_PAYLOAD {
+            return Err(ProtocolError::Oversized(len));
+        }
+        let kind = FrameKind::from_byte(pending[8])?;
+        let total = HEADER_LEN + len as usize;
+        if pending.len() < total {
+            return Ok(None);
+        }
+        let id = read_u64(&pending[9..]);
+        let aux = read_u64(&pending[17..]);
+        let payload = pending[HEADER_LEN..total].to_vec();
+        self.start += total;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        Ok(Some(Frame { kind, id, aux, payload }))
+    }
+}
+
+fn read_u64(bytes: &[u8]) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&bytes[..8]);
+    u64::from_le_bytes(word)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: FrameKind, id: u64, aux: u64, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_frame(&mut out, kind, id, aux, payload);
+        out
+    }
+
+    #[test]
+    fn round_trips_many_frames_in_one_buffer() {
+        let mut bytes = frame(FrameKind::Call, 1, 7, b"abc");
+        bytes.extend(frame(FrameKind::Ok, 2, 9, b""));
+        let mut reader = FrameReader::new();
+        reader.feed(&bytes);
+        let first = reader.next_frame().unwrap().unwrap();
+        assert_eq!((first.kind, first.id, first.aux), (FrameKind::Call, 1, 7));
+        assert_eq!(first.payload, b"abc");
+        let second = reader.next_frame().unwrap().unwrap();
+        assert_eq!((second.kind, second.id, second.payload.len()), (FrameKind::Ok, 2, 0));
+        assert!(reader.next_frame().unwrap().is_none());
+        assert!(reader.is_empty());
+    }
+
+    #[test]
+    fn reassembles_frames_split_at_every_byte() {
+        let mut bytes = frame(FrameKind::Map, 42, 0, &[5u8; 100]);
+        bytes.extend(frame(FrameKind::Err, 43, 1, b"x"));
+        let mut reader = FrameReader::new();
+        let mut seen = Vec::new();
+        for byte in bytes {
+            reader.feed(&[byte]);
+            while let Some(f) = reader.next_frame().unwrap() {
+                seen.push(f.id);
+            }
+        }
+        assert_eq!(seen, vec![42, 43]);
+    }
+
+    #[test]
+    fn grows_for_frames_larger_than_the_buffer() {
+        let payload = vec![3u8; INITIAL_READ_BUFFER * 3 + 17];
+        let bytes = frame(FrameKind::Ok, 5, 0, &payload);
+        let mut reader = FrameReader::new();
+        let mut offset = 0;
+        let mut got = None;
+        while got.is_none() {
+            let space = reader.spare(1000);
+            let n = space.len().min(bytes.len() - offset).min(70_000);
+            space[..n].copy_from_slice(&bytes[offset..offset + n]);
+            reader.commit(n);
+            offset += n;
+            got = reader.next_frame().unwrap();
+        }
+        assert_eq!(got.unwrap().payload, payload);
+    }
+
+    #[test]
+    fn rejects_oversized_lengths_and_unknown_kinds() {
+        let mut reader = FrameReader::new();
+        let mut bad = (MAX_PAYLOAD + 1).to_le_bytes().to_vec();
+        bad.extend([11u8; 17]);
+        reader.feed(&bad);
+        assert_eq!(reader.next_frame(), Err(ProtocolError::Oversized(MAX_PAYLOAD + 1)));
+
+        let mut reader = FrameReader::new();
+        let mut unknown = frame(FrameKind::Ok, 1, 0, b"");
+        unknown[8] = 99;
+        reader.feed(&unknown);
+        assert_eq!(reader.next_frame(), Err(ProtocolError::UnknownKind(99)));
+    }
+}

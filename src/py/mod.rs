@@ -1,0 +1,462 @@
+//! The Python-facing handles: `Core` (one pool's engine), `AsyncResult` (one task's result),
+//! `ChunkSizer` (adaptive chunk sizes). They hold `Arc`s to engine state and only convert:
+//! waits run detached from the interpreter in short slices so Ctrl+C stays responsive, and
+//! result bytes become Python objects lazily, in the thread that asks for them.
+
+use std::collections::HashMap;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use pyo3::exceptions::{PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyDict, PyList};
+
+use crate::engine::chunking::{chunksize_for_len, AdaptiveChunker};
+use crate::engine::slots::{Outcome, Phase, TaskSlot};
+use crate::engine::{Engine, EngineConfig, Event, FuncDef, NewTask, WorkerSpec};
+use crate::errors::PoolError;
+use crate::posix;
+use crate::protocol::{FrameKind, FuncId, WorkerId};
+
+/// Longest stretch a blocked call stays detached before it checks for signals (Ctrl+C).
+const SIGNAL_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+
+pyo3::import_exception!(multiprocessing, TimeoutError);
+
+/// Converts a user-supplied timeout in seconds into a deadline (`None` = wait forever).
+fn deadline_from(timeout: Option<f64>) -> PyResult<Option<Instant>> {
+    let Some(seconds) = timeout else { return Ok(None) };
+    if seconds.is_nan() {
+        return Err(PyValueError::new_err("timeout must be a number, not NaN"));
+    }
+    let seconds = seconds.max(0.0);
+    Ok(Duration::try_from_secs_f64(seconds).ok().and_then(|d| Instant::now().checked_add(d)))
+}
+
+fn duration_from(seconds: Option<f64>, what: &str) -> PyResult<Option<Duration>> {
+    match seconds {
+        None => Ok(None),
+        Some(s) if s.is_nan() || s <= 0.0 => {
+            Err(PyValueError::new_err(format!("{what} must be a positive number of seconds, got {s}")))
+        }
+        Some(s) => Ok(Duration::try_from_secs_f64(s).ok()),
+    }
+}
+
+/// Waits until `done()` holds, the deadline passes (returns false) or a signal handler raises.
+fn wait_detached(
+    py: Python<'_>,
+    deadline: Option<Instant>,
+    done: impl Fn() -> bool + Sync,
+    wait: impl Fn(Duration) -> bool + Sync,
+) -> PyResult<bool> {
+    loop {
+        if done() {
+            return Ok(true);
+        }
+        let mut slice = SIGNAL_CHECK_INTERVAL;
+        if let Some(deadline) = deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            slice = slice.min(left);
+        }
+        if py.detach(|| wait(slice)) {
+            return Ok(true);
+        }
+        py.check_signals()?;
+    }
+}
+
+static LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static FAILURE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+fn loads(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    LOADS.import(py, "pickle", "loads")
+}
+
+fn failure_factory(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    FAILURE.import(py, "rpool._remote", "outcome_to_exception")
+}
+
+/// One pool's engine, as seen from Python. Thread-safe: any thread may submit and wait.
+#[pyclass(frozen, module = "rpool._rpool")]
+pub(crate) struct Core {
+    engine: Arc<Engine>,
+    funcs: Mutex<HashMap<u64, Arc<[u8]>>>,
+    next_func: AtomicU64,
+}
+
+fn frame_kind(kind: u8) -> PyResult<FrameKind> {
+    match kind {
+        1 => Ok(FrameKind::Call),
+        2 => Ok(FrameKind::Map),
+        3 => Ok(FrameKind::StarMap),
+        other => Err(PyValueError::new_err(format!("unknown task kind {other}"))),
+    }
+}
+
+impl Core {
+    fn func_def(&self, func_id: u64) -> PyResult<Option<FuncDef>> {
+        if func_id == FuncId::INLINE.0 {
+            return Ok(None);
+        }
+        let funcs = self.funcs.lock();
+        let pickled = funcs
+            .get(&func_id)
+            .cloned()
+            .ok_or_else(|| PyValueError::new_err(format!("unknown function id {func_id}")))?;
+        Ok(Some(FuncDef { id: FuncId(func_id), pickled }))
+    }
+
+    fn handles(&self, slots: Vec<Arc<TaskSlot>>, front: u8) -> Vec<AsyncResult> {
+        slots
+            .into_iter()
+            .map(|slot| AsyncResult { slot, engine: self.engine.clone(), front, decoded: PyOnceLock::new() })
+            .collect()
+    }
+}
+
+#[pymethods]
+impl Core {
+    #[new]
+    #[pyo3(signature = (retries=0, max_tasks_per_worker=None))]
+    fn new(retries: u32, max_tasks_per_worker: Option<u64>) -> PyResult<Self> {
+        if max_tasks_per_worker == Some(0) {
+            return Err(PyValueError::new_err("max tasks per worker must be at least 1"));
+        }
+        let engine = Engine::start(EngineConfig { retries, max_tasks_per_worker })?;
+        Ok(Self { engine: Arc::new(engine), funcs: Mutex::new(HashMap::new()), next_func: AtomicU64::new(1) })
+    }
+
+    /// Stores a pickled callable that tasks refer to by the returned id.
+    fn register_func(&self, pickled: &[u8]) -> u64 {
+        let id = self.next_func.fetch_add(1, Ordering::Relaxed);
+        self.funcs.lock().insert(id, Arc::from(pickled));
+        id
+    }
+
+    /// Queues one task. `kind`: 1 call, 2 map chunk, 3 starmap chunk. `front`: 0 Pool, 1 executor.
+    #[pyo3(signature = (kind, func_id, payload, notify, front, timeout=None))]
+    fn submit(
+        &self,
+        kind: u8,
+        func_id: u64,
+        payload: &[u8],
+        notify: bool,
+        front: u8,
+        timeout: Option<f64>,
+    ) -> PyResult<AsyncResult> {
+        let task = NewTask {
+            kind: frame_kind(kind)?,
+            func: self.func_def(func_id)?,
+            payload: payload.to_vec(),
+            notify,
+            timeout: duration_from(timeout, "timeout")?,
+        };
+        let mut handles = self.handles(self.engine.submit(vec![task])?, front);
+        handles.pop().ok_or_else(|| PoolError::InvalidArgument("no task queued".into()).into())
+    }
+
+    /// Queues many tasks of one kind at once (one hand-off, one wake-up).
+    #[pyo3(signature = (kind, func_id, payloads, notify, front, timeout=None))]
+    fn submit_many(
+        &self,
+        kind: u8,
+        func_id: u64,
+        payloads: Vec<Bound<'_, PyBytes>>,
+        notify: bool,
+        front: u8,
+        timeout: Option<f64>,
+    ) -> PyResult<Vec<AsyncResult>> {
+        let kind = frame_kind(kind)?;
+        let func = self.func_def(func_id)?;
+        let timeout = duration_from(timeout, "timeout")?;
+        let tasks = payloads
+            .iter()
+            .map(|p| NewTask { kind, func: func.clone(), payload: p.as_bytes().to_vec(), notify, timeout })
+            .collect();
+        Ok(self.handles(self.engine.submit(tasks)?, front))
+    }
+
+    /// Hands a started worker to the engine. Takes ownership of all three descriptors.
+    fn add_worker(&self, pid: i32, task_fd: RawFd, result_fd: RawFd, sentinel_fd: RawFd) -> PyResult<u64> {
+        let spec = WorkerSpec {
+            pid,
+            task_pipe: posix::own_fd(task_fd).map_err(PoolError::from)?,
+            result_pipe: posix::own_fd(result_fd).map_err(PoolError::from)?,
+            sentinel: posix::own_fd(sentinel_fd).map_err(PoolError::from)?,
+        };
+        Ok(self.engine.add_worker(spec)?.0)
+    }
+
+    /// Reports a reaped worker's exit code (negative: killed by that signal).
+    #[pyo3(signature = (worker_id, exitcode))]
+    fn worker_exited(&self, worker_id: u64, exitcode: Option<i32>) {
+        self.engine.worker_exited(WorkerId(worker_id), exitcode);
+    }
+
+    /// Next supervisor event within `timeout` seconds: ("died", worker_id, pid),
+    /// ("init_failed", worker_id, 0), or None.
+    fn next_event(&self, py: Python<'_>, timeout: f64) -> Option<(&'static str, u64, i32)> {
+        let wait = Duration::try_from_secs_f64(timeout.max(0.0)).unwrap_or(SIGNAL_CHECK_INTERVAL);
+        let engine = self.engine.clone();
+        py.detach(move || engine.next_event(wait)).map(|event| match event {
+            Event::WorkerDied { worker, pid } => ("died", worker.0, pid),
+            Event::InitFailed { worker } => ("init_failed", worker.0, 0),
+        })
+    }
+
+    /// Ids of completed `notify` tasks, waiting up to `timeout` seconds for the first one.
+    fn take_notices(&self, py: Python<'_>, timeout: f64) -> Vec<u64> {
+        let wait = Duration::try_from_secs_f64(timeout.max(0.0)).unwrap_or(SIGNAL_CHECK_INTERVAL);
+        let engine = self.engine.clone();
+        py.detach(move || engine.take_notices(wait)).into_iter().map(|id| id.0).collect()
+    }
+
+    /// Wakes threads waiting on results (after callbacks published a batch).
+    fn wake_waiters(&self) {
+        self.engine.wake_waiters();
+    }
+
+    /// Raises if the pool does not accept tasks (closed, terminated or broken).
+    fn check_running(&self) -> PyResult<()> {
+        Ok(self.engine.check_running()?)
+    }
+
+    /// The initializer's pickled failure, if it broke the pool.
+    fn broken_payload<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
+        self.engine.broken_payload().map(|p| PyBytes::new(py, &p))
+    }
+
+    fn close(&self) {
+        self.engine.close();
+    }
+
+    fn terminate(&self) {
+        self.engine.terminate();
+    }
+
+    /// Sends a signal to every live worker process.
+    fn signal_workers(&self, signal: i32) {
+        self.engine.signal_workers(signal);
+    }
+
+    /// Stops the I/O thread (after the workers were stopped).
+    fn shutdown(&self, py: Python<'_>) {
+        let engine = self.engine.clone();
+        py.detach(move || engine.shutdown());
+    }
+
+    fn wants_workers(&self) -> bool {
+        self.engine.wants_workers()
+    }
+
+    fn outstanding(&self) -> u64 {
+        self.engine.outstanding()
+    }
+
+    /// Counters: queued, in_flight, tasks_done, worker_deaths and per-worker figures.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let stats = self.engine.stats();
+        let dict = PyDict::new(py);
+        dict.set_item("queued", stats.queued)?;
+        dict.set_item("in_flight", stats.in_flight)?;
+        dict.set_item("tasks_done", stats.tasks_done)?;
+        dict.set_item("worker_deaths", stats.worker_deaths)?;
+        let workers = PyList::empty(py);
+        for w in stats.workers {
+            let entry = PyDict::new(py);
+            entry.set_item("worker_id", w.worker)?;
+            entry.set_item("pid", w.pid)?;
+            entry.set_item("tasks_done", w.tasks_done)?;
+            entry.set_item("busy_seconds", w.busy_ns as f64 / 1e9)?;
+            entry.set_item("in_flight", w.in_flight)?;
+            workers.append(entry)?;
+        }
+        dict.set_item("workers", workers)?;
+        Ok(dict)
+    }
+}
+
+/// The result of one task (`apply_async`), or of one map chunk.
+#[pyclass(frozen, module = "rpool._rpool")]
+pub(crate) struct AsyncResult {
+    slot: Arc<TaskSlot>,
+    engine: Arc<Engine>,
+    front: u8,
+    decoded: PyOnceLock<(bool, Py<PyAny>)>,
+}
+
+impl AsyncResult {
+    /// Turns the stored outcome into (succeeded, value or exception) once.
+    fn decode<'py>(&self, py: Python<'py>) -> PyResult<&(bool, Py<PyAny>)> {
+        self.decoded.get_or_try_init(py, || {
+            let outcome = self.slot.take_outcome().ok_or_else(|| {
+                PyValueError::new_err("result is not ready")
+            })?;
+            let factory = failure_factory(py)?;
+            let front = self.front;
+            let (ok, value) = match outcome {
+                Outcome::Value(bytes) => (true, loads(py)?.call1((PyBytes::new(py, &bytes),))?),
+                Outcome::TaskError(bytes) => {
+                    (false, factory.call1(("error", PyBytes::new(py, &bytes), front, 0, None::<i32>, 0.0))?)
+                }
+                Outcome::WorkerLost { pid, exitcode } => {
+                    (false, factory.call1(("lost", py.None(), front, pid, exitcode, 0.0))?)
+                }
+                Outcome::TaskTimeout { pid, limit } => {
+                    (false, factory.call1(("timeout", py.None(), front, pid, None::<i32>, limit.as_secs_f64()))?)
+                }
+                Outcome::InitFailed(bytes) => {
+                    (false, factory.call1(("init", PyBytes::new(py, &bytes), front, 0, None::<i32>, 0.0))?)
+                }
+                Outcome::StartupFailed { exitcode, attempts } => (
+                    false,
+                    factory.call1(("startup", py.None(), front, attempts as i32, exitcode, 0.0))?,
+                ),
+                Outcome::Terminated => (false, factory.call1(("terminated", py.None(), front, 0, None::<i32>, 0.0))?),
+                Outcome::Cancelled => (false, factory.call1(("cancelled", py.None(), front, 0, None::<i32>, 0.0))?),
+                Outcome::Protocol(message) => (
+                    false,
+                    factory.call1(("protocol", PyBytes::new(py, message.as_bytes()), front, 0, None::<i32>, 0.0))?,
+                ),
+            };
+            Ok::<_, PyErr>((ok, value.unbind()))
+        })
+    }
+
+    fn wait_until(&self, py: Python<'_>, timeout: Option<f64>, arrived_only: bool) -> PyResult<bool> {
+        let deadline = deadline_from(timeout)?;
+        let slot = &self.slot;
+        let engine = &self.engine;
+        let done = || if arrived_only { matches!(slot.phase(), Phase::Arrived | Phase::Done) } else { slot.is_done() };
+        wait_detached(py, deadline, done, |slice| engine.wait_slot(slot, slice) || done())
+    }
+}
+
+#[pymethods]
+impl AsyncResult {
+    /// Waits for the result and returns it, or raises the task's exception.
+    /// Raises `multiprocessing.TimeoutError` if `timeout` seconds pass first.
+    #[pyo3(signature = (timeout=None))]
+    fn get(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
+        if !self.wait_until(py, timeout, false)? {
+            return Err(TimeoutError::new_err(()));
+        }
+        let (ok, value) = self.decode(py)?;
+        if *ok {
+            Ok(value.clone_ref(py))
+        } else {
+            Err(PyErr::from_value(value.bind(py).clone()))
+        }
+    }
+
+    /// Waits until the result is ready or `timeout` seconds pass.
+    #[pyo3(signature = (timeout=None))]
+    fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<()> {
+        self.wait_until(py, timeout, false)?;
+        Ok(())
+    }
+
+    /// True once the task has finished (and its callbacks have run).
+    fn ready(&self) -> bool {
+        self.slot.is_done()
+    }
+
+    /// Whether the task succeeded; `ValueError` if it is not ready yet.
+    fn successful(&self, py: Python<'_>) -> PyResult<bool> {
+        if !self.slot.is_done() {
+            return Err(PyValueError::new_err(format!("{:?} not ready", self.slot.id)));
+        }
+        if let Some((ok, _)) = self.decoded.get(py) {
+            return Ok(*ok);
+        }
+        Ok(self.slot.with_outcome(|o| matches!(o, Some(Outcome::Value(_)))))
+    }
+
+    /// Task id, unique within the pool.
+    #[getter]
+    fn task_id(&self) -> u64 {
+        self.slot.id.0
+    }
+
+    /// Worker compute time of the task in seconds (0.0 until it finished).
+    #[getter]
+    fn compute_seconds(&self) -> f64 {
+        self.slot.elapsed_ns() as f64 / 1e9
+    }
+
+    /// Waits for the outcome to arrive (before callbacks) and decodes it: (succeeded, value).
+    #[pyo3(signature = (timeout=None))]
+    fn _resolve(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<(bool, Py<PyAny>)> {
+        if !self.wait_until(py, timeout, true)? {
+            return Err(TimeoutError::new_err(()));
+        }
+        let (ok, value) = self.decode(py)?;
+        Ok((*ok, value.clone_ref(py)))
+    }
+
+    /// True once the outcome arrived, even if callbacks have not run yet.
+    fn _arrived(&self) -> bool {
+        matches!(self.slot.phase(), Phase::Arrived | Phase::Done)
+    }
+
+    /// Makes an arrived outcome visible to `get`/`wait`/`ready` (after callbacks ran).
+    fn _publish(&self) {
+        self.slot.publish();
+        self.engine.wake_waiters();
+    }
+
+    /// Cancels the task if no worker has received it yet.
+    fn cancel(&self) -> bool {
+        let cancelled = self.slot.cancel();
+        if cancelled {
+            self.engine.wake_waiters();
+        }
+        cancelled
+    }
+
+    /// True while a worker holds the task.
+    fn running(&self) -> bool {
+        self.slot.phase() == Phase::Running
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<rpool.AsyncResult task={} {:?}>", self.slot.id.0, self.slot.phase())
+    }
+}
+
+/// Chunk sizes for iterators of unknown length, adapted to measured per-item time.
+#[pyclass(frozen, module = "rpool._rpool")]
+pub(crate) struct ChunkSizer {
+    inner: Mutex<AdaptiveChunker>,
+}
+
+#[pymethods]
+impl ChunkSizer {
+    #[new]
+    fn new() -> Self {
+        Self { inner: Mutex::new(AdaptiveChunker::new()) }
+    }
+
+    fn next_size(&self) -> usize {
+        self.inner.lock().next_size()
+    }
+
+    fn observe(&self, items: usize, compute_seconds: f64) {
+        let ns = (compute_seconds.max(0.0) * 1e9) as u64;
+        self.inner.lock().observe(items, ns);
+    }
+}
+
+/// The stdlib's chunk size rule for an input of known length.
+#[pyfunction]
+pub(crate) fn default_chunksize(length: usize, workers: usize) -> usize {
+    chunksize_for_len(length, workers)
+}

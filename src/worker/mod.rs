@@ -1,0 +1,241 @@
+//! The loop each worker process runs: read task frames from the task pipe (without the GIL),
+//! call the task, write result frames in batches. Also the worker's safety nets: parent-death
+//! signal, closing descriptors inherited from the parent's pool, and a watchdog that ends the
+//! worker when the parent disappears while a task is running.
+//!
+//! This code runs in a child interpreter and must not touch parent-side engine state: after
+//! `fork` the parent's locks and threads are not usable here.
+
+use std::collections::HashMap;
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+
+use pyo3::exceptions::{PyKeyError, PyOSError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyTuple};
+
+use crate::posix;
+use crate::protocol::{encode_frame, FrameKind, FrameReader};
+
+/// Results wait in the output buffer at most this long before they are written, so a burst of
+/// tiny tasks shares one `write` while a slow task's result still leaves promptly.
+const FLUSH_AFTER: Duration = Duration::from_millis(1);
+
+/// Output is written once it reaches this size, whatever its age.
+const FLUSH_BYTES: usize = 256 * 1024;
+
+/// After the parent's end of the task pipe closes, a worker still busy with a task gets this
+/// long to finish on its own before the watchdog ends the process.
+const ORPHAN_GRACE: Duration = Duration::from_millis(1000);
+
+/// Read size for the task pipe.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// Sets up the worker's process-level safety nets. Call first thing in the worker.
+#[pyfunction]
+#[pyo3(signature = (task_fd, expected_parent, close_fds))]
+pub(crate) fn prepare_worker(task_fd: RawFd, expected_parent: i32, close_fds: Vec<RawFd>) -> PyResult<()> {
+    for fd in close_fds {
+        if fd != task_fd {
+            posix::close_inherited(fd);
+        }
+    }
+    posix::set_parent_death_signal(libc::SIGKILL).map_err(|e| PyOSError::new_err(e.to_string()))?;
+    if expected_parent > 0 && posix::parent_pid() != expected_parent {
+        // The parent died before the death signal was armed.
+        posix::exit_now(1);
+    }
+    std::thread::Builder::new()
+        .name("rpool-watchdog".into())
+        .spawn(move || watch_parent(task_fd))
+        .map_err(|e| PyOSError::new_err(e.to_string()))?;
+    Ok(())
+}
+
+/// Waits for the parent's end of the task pipe to close (parent gone or pool released), then
+/// gives the main loop a grace period to exit normally before ending the process.
+fn watch_parent(task_fd: RawFd) {
+    loop {
+        let mut set = [posix::poll_fd(task_fd, 0)];
+        match posix::poll(&mut set, -1) {
+            Ok(_) if set[0].revents & (posix::POLLHUP | posix::POLLERR | posix::POLLNVAL) != 0 => break,
+            Ok(_) => continue,
+            Err(_) => return,
+        }
+    }
+    std::thread::sleep(ORPHAN_GRACE);
+    posix::exit_now(1);
+}
+
+/// Sends the initializer's failure to the parent (the worker then exits).
+#[pyfunction]
+pub(crate) fn send_init_failure(result_fd: RawFd, payload: &[u8]) -> PyResult<()> {
+    let mut out = Vec::new();
+    encode_frame(&mut out, FrameKind::InitFailed, 0, 0, payload);
+    posix::write_all(result_fd, &out).map_err(|e| PyOSError::new_err(e.to_string()))
+}
+
+/// The callables the loop needs from Python, looked up once.
+struct Codec<'py> {
+    loads: Bound<'py, PyAny>,
+    dumps: Bound<'py, PyAny>,
+    encode_exception: Bound<'py, PyAny>,
+    encode_result_error: Bound<'py, PyAny>,
+    run_map: Bound<'py, PyAny>,
+    run_starmap: Bound<'py, PyAny>,
+}
+
+impl<'py> Codec<'py> {
+    fn new(codec: &Bound<'py, PyAny>) -> PyResult<Self> {
+        Ok(Self {
+            loads: codec.getattr("loads")?,
+            dumps: codec.getattr("dumps")?,
+            encode_exception: codec.getattr("encode_exception")?,
+            encode_result_error: codec.getattr("encode_result_error")?,
+            run_map: codec.getattr("run_map")?,
+            run_starmap: codec.getattr("run_starmap")?,
+        })
+    }
+}
+
+/// A cached callable, or the exception its pickle raised (reported by every task that uses it).
+type CachedFunc = Result<Py<PyAny>, PyErr>;
+
+/// Runs tasks until the task pipe reaches end of file or `max_tasks` tasks are done.
+#[pyfunction]
+#[pyo3(signature = (task_fd, result_fd, codec, max_tasks=None))]
+pub(crate) fn worker_loop(
+    py: Python<'_>,
+    task_fd: RawFd,
+    result_fd: RawFd,
+    codec: &Bound<'_, PyAny>,
+    max_tasks: Option<u64>,
+) -> PyResult<()> {
+    let codec = Codec::new(codec)?;
+    let io_err = |e: std::io::Error| PyOSError::new_err(format!("rpool worker pipe: {e}"));
+    let mut reader = FrameReader::new();
+    let mut out = Vec::with_capacity(64 * 1024);
+    let mut funcs: HashMap<u64, CachedFunc> = HashMap::new();
+    let mut done: u64 = 0;
+    encode_frame(&mut out, FrameKind::Ready, 0, posix::current_pid() as u64, b"");
+    flush(py, result_fd, &mut out).map_err(io_err)?;
+    let mut oldest_unflushed: Option<Instant> = None;
+    loop {
+        while let Some(frame) = reader.next_frame().map_err(|e| PyOSError::new_err(e.to_string()))? {
+            match frame.kind {
+                FrameKind::DefineFunc => {
+                    let func = codec.loads.call1((PyBytes::new(py, &frame.payload),)).map(Bound::unbind);
+                    funcs.insert(frame.id, func);
+                }
+                FrameKind::Call | FrameKind::Map | FrameKind::StarMap => {
+                    if oldest_unflushed.is_some_and(|t| t.elapsed() >= FLUSH_AFTER) {
+                        flush(py, result_fd, &mut out).map_err(io_err)?;
+                        oldest_unflushed = None;
+                    }
+                    let started = Instant::now();
+                    let (ok, payload) = run_task(py, &codec, &funcs, frame.kind, frame.aux, &frame.payload)?;
+                    let elapsed = started.elapsed();
+                    let kind = if ok { FrameKind::Ok } else { FrameKind::Err };
+                    encode_frame(&mut out, kind, frame.id, elapsed.as_nanos() as u64, payload.as_bytes());
+                    oldest_unflushed.get_or_insert(started);
+                    done += 1;
+                    let finished = max_tasks.is_some_and(|limit| done >= limit);
+                    if finished || elapsed >= FLUSH_AFTER || out.len() >= FLUSH_BYTES {
+                        flush(py, result_fd, &mut out).map_err(io_err)?;
+                        oldest_unflushed = None;
+                    }
+                    if finished {
+                        return Ok(());
+                    }
+                }
+                other => {
+                    return Err(PyOSError::new_err(format!("rpool worker got unexpected frame {other:?}")));
+                }
+            }
+        }
+        flush(py, result_fd, &mut out).map_err(io_err)?;
+        oldest_unflushed = None;
+        let space = reader.spare(READ_CHUNK);
+        let n = py.detach(|| posix::read(task_fd, space)).map_err(io_err)?;
+        if n == 0 {
+            return Ok(());
+        }
+        reader.commit(n);
+    }
+}
+
+fn flush(py: Python<'_>, fd: RawFd, out: &mut Vec<u8>) -> std::io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let bytes = std::mem::take(out);
+    let result = py.detach(|| posix::write_all(fd, &bytes));
+    *out = bytes;
+    out.clear();
+    result
+}
+
+/// Runs one task; returns (succeeded, pickled value or pickled failure).
+fn run_task<'py>(
+    py: Python<'py>,
+    codec: &Codec<'py>,
+    funcs: &HashMap<u64, CachedFunc>,
+    kind: FrameKind,
+    func_id: u64,
+    payload: &[u8],
+) -> PyResult<(bool, Bound<'py, PyBytes>)> {
+    let value = call_task(py, codec, funcs, kind, func_id, payload);
+    let value = match value {
+        Ok(value) => value,
+        Err(err) => {
+            let encoded = codec.encode_exception.call1((err.into_value(py),))?;
+            return Ok((false, encoded.cast_into::<PyBytes>()?));
+        }
+    };
+    match codec.dumps.call1((&value,)) {
+        Ok(bytes) => Ok((true, bytes.cast_into::<PyBytes>()?)),
+        Err(err) => {
+            let encoded = codec.encode_result_error.call1((err.into_value(py), value))?;
+            Ok((false, encoded.cast_into::<PyBytes>()?))
+        }
+    }
+}
+
+fn call_task<'py>(
+    py: Python<'py>,
+    codec: &Codec<'py>,
+    funcs: &HashMap<u64, CachedFunc>,
+    kind: FrameKind,
+    func_id: u64,
+    payload: &[u8],
+) -> PyResult<Bound<'py, PyAny>> {
+    let decoded = codec.loads.call1((PyBytes::new(py, payload),))?;
+    let (func, rest) = if func_id == 0 {
+        let pair = decoded.cast_into::<PyTuple>()?;
+        let func = pair.get_item(0)?;
+        let rest = if kind == FrameKind::Call {
+            PyTuple::new(py, [pair.get_item(1)?, pair.get_item(2)?])?.into_any()
+        } else {
+            pair.get_item(1)?
+        };
+        (func, rest)
+    } else {
+        let func = match funcs.get(&func_id) {
+            Some(Ok(func)) => func.bind(py).clone(),
+            Some(Err(err)) => return Err(err.clone_ref(py)),
+            None => return Err(PyKeyError::new_err(format!("rpool worker has no function {func_id}"))),
+        };
+        (func, decoded)
+    };
+    match kind {
+        FrameKind::Call => {
+            let pair = rest.cast_into::<PyTuple>()?;
+            let args = pair.get_item(0)?.cast_into::<PyTuple>()?;
+            let kwargs = pair.get_item(1)?;
+            let kwargs = if kwargs.is_none() { None } else { Some(kwargs.cast_into::<PyDict>()?) };
+            func.call(args, kwargs.as_ref())
+        }
+        FrameKind::Map => codec.run_map.call1((func, rest)),
+        _ => codec.run_starmap.call1((func, rest)),
+    }
+}
