@@ -1,0 +1,326 @@
+"""Chunked `map` machinery shared by `Pool` and `ProcessPoolExecutor`.
+
+`MapResult` collects the chunks of an eager map; `IMapIterator` feeds chunks lazily from its
+input in a feeder thread, with a bounded window of chunks in flight, and yields results in order
+(or as they finish). Chunk results arrive through the runtime's notifier thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from rpool import _rpool
+from rpool._remote import PROTOCOL
+from rpool._runtime import Runtime
+
+# Chunks in flight per worker for lazy maps: enough to keep every worker busy while results are
+# being consumed, small enough that an endless input is read only a little ahead.
+WINDOW_CHUNKS_PER_WORKER = 4
+
+
+def split_chunks(items: Iterable[Any], chunksize: int) -> Iterator[list[Any]]:
+    iterator = iter(items)
+    while True:
+        chunk = list(itertools.islice(iterator, chunksize))
+        if not chunk:
+            return
+        yield chunk
+
+
+def check_chunksize(chunksize: int | None) -> None:
+    if chunksize is None:
+        return
+    if not isinstance(chunksize, int) or isinstance(chunksize, bool):
+        raise TypeError(f"chunksize must be an int or None, not {type(chunksize).__name__}")
+    if chunksize < 1:
+        raise ValueError(f"Chunksize must be 1+, not {chunksize}")
+
+
+def pickle_chunk(func: object, func_id: int, chunk: list[Any]) -> bytes:
+    return pickle.dumps(chunk if func_id else (func, chunk), PROTOCOL)
+
+
+class _ChunkEntry:
+    __slots__ = ("owner", "index", "handle", "size")
+
+    def __init__(self, owner: Any, index: int, handle: Any, size: int) -> None:
+        self.owner = owner
+        self.index = index
+        self.handle = handle
+        self.size = size
+
+    def _rpool_complete(self) -> None:
+        handle = self.handle
+        try:
+            ok, value = handle._resolve()
+        finally:
+            handle._publish()
+        self.owner._chunk_done(self, ok, value)
+
+
+class MapResult:
+    """Result of `map_async`/`starmap_async`: same methods as `AsyncResult`."""
+
+    def __init__(
+        self,
+        callback: Callable[[list[Any]], object] | None,
+        error_callback: Callable[[BaseException], object] | None,
+    ) -> None:
+        self._callback = callback
+        self._error_callback = error_callback
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._chunks: list[Any] = []
+        self._left = 0
+        self._success = True
+        self._value: Any = None
+
+    def _start(self, runtime: Runtime, handles: list[Any], sizes: list[int]) -> None:
+        self._chunks = [None] * len(handles)
+        self._left = len(handles)
+        if not handles:
+            self._value = []
+            self._event.set()
+            return
+        pending = runtime.pending
+        for index, (handle, size) in enumerate(zip(handles, sizes, strict=True)):
+            pending[handle.task_id] = _ChunkEntry(self, index, handle, size)
+
+    def _fail_now(self, exc: BaseException) -> None:
+        """Fails the whole map before any chunk was sent (e.g. arguments not picklable)."""
+        self._success = False
+        self._value = exc
+        try:
+            if self._error_callback is not None:
+                self._error_callback(exc)
+        finally:
+            self._event.set()
+
+    def _chunk_done(self, entry: _ChunkEntry, ok: bool, value: Any) -> None:
+        with self._lock:
+            if self._event.is_set():
+                return
+            if not ok:
+                self._success = False
+                self._value = value
+                finished = True
+            else:
+                self._chunks[entry.index] = value
+                self._left -= 1
+                finished = self._left == 0
+                if finished:
+                    self._value = list(itertools.chain.from_iterable(self._chunks))
+                    self._chunks = []
+        if not finished:
+            return
+        try:
+            if self._success:
+                if self._callback is not None:
+                    self._callback(self._value)
+            elif self._error_callback is not None:
+                self._error_callback(self._value)
+        finally:
+            self._event.set()
+
+    def ready(self) -> bool:
+        """True once all chunks finished (or one failed)."""
+        return self._event.is_set()
+
+    def successful(self) -> bool:
+        """Whether the map succeeded; `ValueError` if it is not ready yet."""
+        if not self.ready():
+            raise ValueError(f"{self!r} not ready")
+        return self._success
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Waits until the map is ready or `timeout` seconds pass."""
+        self._event.wait(timeout)
+
+    def get(self, timeout: float | None = None) -> list[Any]:
+        """Returns the list of results, or raises the first failure."""
+        from multiprocessing import TimeoutError
+
+        if not self._event.wait(timeout):
+            raise TimeoutError
+        if self._success:
+            value: list[Any] = self._value
+            return value
+        raise self._value
+
+
+class _LazyMapState:
+    """State shared by an `IMapIterator`, its feeder thread and the notifier thread."""
+
+    def __init__(self, ordered: bool, window: int) -> None:
+        self.cond = threading.Condition()
+        self.ordered = ordered
+        self.done_chunks: dict[int, tuple[bool, Any]] = {}
+        self.arrival: deque[tuple[bool, Any]] = deque()
+        self.total: int | None = None
+        self.window = threading.Semaphore(window)
+        self.abandoned = False
+        self.sizer: Any = None
+
+    def _chunk_done(self, entry: _ChunkEntry, ok: bool, value: Any) -> None:
+        if ok and self.sizer is not None:
+            self.sizer.observe(entry.size, entry.handle.compute_seconds)
+        with self.cond:
+            if self.ordered:
+                self.done_chunks[entry.index] = (ok, value)
+            else:
+                self.arrival.append((ok, value))
+            self.cond.notify_all()
+
+    def deliver_error(self, index: int, exc: BaseException) -> None:
+        with self.cond:
+            if self.ordered:
+                self.done_chunks[index] = (False, exc)
+            else:
+                self.arrival.append((False, exc))
+            self.total = index + 1
+            self.cond.notify_all()
+
+    def finish(self, total: int) -> None:
+        with self.cond:
+            self.total = total
+            self.cond.notify_all()
+
+
+def _feed(
+    runtime: Runtime,
+    state: _LazyMapState,
+    func: Callable[..., Any],
+    iterable: Iterable[Any],
+    kind: int,
+    chunksize: int | None,
+    front: int,
+    task_timeout: float | None,
+) -> None:
+    index = 0
+    try:
+        iterator = iter(iterable)
+        func_id = runtime.func_id(func)
+        while not state.abandoned:
+            size = chunksize if chunksize is not None else state.sizer.next_size()
+            try:
+                chunk = list(itertools.islice(iterator, size))
+            except BaseException as exc:  # noqa: BLE001 - raised to the consumer in order
+                state.deliver_error(index, exc)
+                return
+            if not chunk:
+                break
+            while not state.window.acquire(timeout=0.1):
+                if state.abandoned or runtime.finished:
+                    return
+            payload = pickle_chunk(func, func_id, chunk)
+            runtime.check_usable()
+            handle = runtime.core.submit(kind, func_id, payload, True, front, task_timeout)
+            runtime.pending[handle.task_id] = _ChunkEntry(state, index, handle, len(chunk))
+            index += 1
+        state.finish(index)
+    except BaseException as exc:  # noqa: BLE001 - raised to the consumer in order
+        state.deliver_error(index, exc)
+
+
+class IMapIterator(Iterator[Any]):
+    """Iterator returned by `imap`/`imap_unordered` (and used by `Executor.map`).
+
+    ``next(timeout)`` raises the pool's timeout error if no result arrives in time.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        func: Callable[..., Any],
+        iterable: Iterable[Any],
+        *,
+        kind: int,
+        chunksize: int | None,
+        ordered: bool,
+        front: int,
+        task_timeout: float | None,
+        window: int | None,
+        timeout_error: type[BaseException],
+        deadline: float | None = None,
+    ) -> None:
+        if chunksize is None and hasattr(iterable, "__len__"):
+            chunksize = _rpool.default_chunksize(len(iterable), runtime.processes)
+        if window is None:
+            window = max(2, WINDOW_CHUNKS_PER_WORKER * runtime.processes)
+        self._state = _LazyMapState(ordered, window)
+        if chunksize is None:
+            self._state.sizer = _rpool.ChunkSizer()
+        self._timeout_error = timeout_error
+        self._deadline = deadline
+        self._buffer: deque[Any] = deque()
+        self._next_index = 0
+        self._feeder = threading.Thread(
+            target=_feed,
+            args=(runtime, self._state, func, iterable, kind, chunksize, front, task_timeout),
+            name="rpool-feeder",
+            daemon=True,
+        )
+        self._feeder.start()
+
+    def __iter__(self) -> IMapIterator:
+        return self
+
+    def __next__(self) -> Any:
+        return self.next()
+
+    def next(self, timeout: float | None = None) -> Any:
+        """Returns the next result, waiting at most `timeout` seconds."""
+        if self._buffer:
+            return self._buffer.popleft()
+        state = self._state
+        if self._deadline is not None:
+            left = self._deadline - time.monotonic()
+            timeout = left if timeout is None else min(timeout, left)
+        end = None if timeout is None else time.monotonic() + timeout
+        with state.cond:
+            while True:
+                got = self._take_chunk_locked()
+                if got is not None:
+                    break
+                if state.total is not None and self._next_index >= state.total:
+                    raise StopIteration
+                if end is None:
+                    state.cond.wait()
+                else:
+                    left = end - time.monotonic()
+                    if left <= 0:
+                        raise self._timeout_error()
+                    state.cond.wait(left)
+        state.window.release()
+        ok, value = got
+        if not ok:
+            raise value
+        self._buffer.extend(value)
+        if self._buffer:
+            return self._buffer.popleft()
+        return self.next(timeout)
+
+    __next__ = next  # type: ignore[assignment]
+
+    def _take_chunk_locked(self) -> tuple[bool, Any] | None:
+        state = self._state
+        if state.ordered:
+            got = state.done_chunks.pop(self._next_index, None)
+        else:
+            got = state.arrival.popleft() if state.arrival else None
+        if got is not None:
+            self._next_index += 1
+        return got
+
+    def close(self) -> None:
+        """Stops reading the input; chunks already sent still run."""
+        self._state.abandoned = True
+
+    def __del__(self) -> None:
+        self._state.abandoned = True

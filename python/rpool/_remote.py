@@ -1,0 +1,216 @@
+"""Exceptions that cross the process boundary.
+
+Workers encode a task's exception together with its formatted traceback; the parent rebuilds it
+with the stdlib's own `RemoteTraceback` class as ``__cause__``. Also home of rpool's exception
+classes and of the parent-side failures (dead worker, task timeout, broken pool).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import pickle
+import signal
+import traceback
+from concurrent.futures import CancelledError
+from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
+from multiprocessing import TimeoutError as MpTimeoutError
+from multiprocessing.pool import MaybeEncodingError, RemoteTraceback
+from typing import Any
+
+__all__ = [
+    "InitializerError",
+    "RemoteError",
+    "TaskTimeoutError",
+    "WorkerLostError",
+]
+
+FRONT_POOL = 0
+FRONT_EXECUTOR = 1
+
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+class WorkerLostError(BrokenProcessPool):
+    """The worker process running a task died (killed, crashed or called ``os._exit``).
+
+    Only the task that was running fails; the pool replaces the worker and keeps serving.
+    ``pid`` is the dead worker's pid, ``exitcode`` its exit code (negative: killed by that signal).
+    """
+
+    def __init__(self, message: str, pid: int = 0, exitcode: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+        self.exitcode = exitcode
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.pid, self.exitcode))
+
+
+class InitializerError(BrokenProcessPool):
+    """The pool's initializer raised in a worker, so the pool cannot run tasks.
+
+    The initializer's exception is attached as ``__cause__``.
+    """
+
+
+class TaskTimeoutError(MpTimeoutError, TimeoutError):
+    """A task ran past its per-task time limit; its worker was killed and replaced."""
+
+
+class RemoteError(Exception):
+    """A task raised an exception that could not be sent to the parent as itself.
+
+    ``type_name`` is the qualified name of the original exception type, ``message`` its text and
+    ``remote_traceback`` the worker's formatted traceback.
+    """
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str = "") -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+        self.remote_traceback = remote_traceback
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.type_name, self.message, self.remote_traceback))
+
+
+def _qualified_name(cls: type) -> str:
+    module = getattr(cls, "__module__", "")
+    name = getattr(cls, "__qualname__", cls.__name__)
+    return name if module in ("builtins", "") else f"{module}.{name}"
+
+
+def _format_traceback(exc: BaseException) -> str:
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return f'\n"""\n{text}"""'
+
+
+# --- worker side -------------------------------------------------------------------------------
+
+
+def encode_exception(exc: BaseException) -> bytes:
+    """Pickles (exception, traceback text); falls back to names and text if that cannot travel."""
+    tb_text = _format_traceback(exc)
+    try:
+        data = pickle.dumps((exc, tb_text), PROTOCOL)
+        pickle.loads(data)  # an exception whose __init__ needs other args fails here, not later
+        return data
+    except Exception:
+        try:
+            message = str(exc)
+        except Exception:
+            message = "<str() of the exception failed>"
+        fallback = (None, (_qualified_name(type(exc)), message, tb_text))
+        return pickle.dumps(fallback, PROTOCOL)
+
+
+def _encode_result_error_pool(exc: BaseException, value: object) -> bytes:
+    return encode_exception(MaybeEncodingError(exc, value))
+
+
+def _encode_result_error_executor(exc: BaseException, value: object) -> bytes:
+    return encode_exception(exc)
+
+
+def _run_map(func: Any, items: Any) -> list[Any]:
+    return list(map(func, items))
+
+
+def _run_starmap(func: Any, items: Any) -> list[Any]:
+    return list(itertools.starmap(func, items))
+
+
+class WorkerCodec:
+    """The callables a worker's loop uses, bound once per worker."""
+
+    def __init__(self, front: int) -> None:
+        self.loads = pickle.loads
+        self.dumps = functools.partial(pickle.dumps, protocol=PROTOCOL)
+        self.encode_exception = encode_exception
+        self.encode_result_error = (
+            _encode_result_error_pool if front == FRONT_POOL else _encode_result_error_executor
+        )
+        self.run_map = _run_map
+        self.run_starmap = _run_starmap
+
+
+# --- parent side -------------------------------------------------------------------------------
+
+
+def _remote_traceback(front: int, tb_text: str) -> BaseException:
+    return RemoteTraceback(tb_text) if front == FRONT_POOL else _RemoteTraceback(tb_text)
+
+
+def rebuild_exception(payload: bytes, front: int) -> BaseException:
+    """Turns a worker's encoded exception back into an exception with its remote traceback."""
+    try:
+        exc, info = pickle.loads(payload)
+    except Exception as err:
+        return RemoteError(type(err).__name__, f"the task's exception could not be unpickled: {err}")
+    if exc is None:
+        type_name, message, tb_text = info
+        exc = RemoteError(type_name, message, tb_text)
+    else:
+        tb_text = info
+    if not isinstance(exc, BaseException):
+        return RemoteError(type(exc).__name__, repr(exc))
+    exc.__cause__ = _remote_traceback(front, tb_text)
+    return exc
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """Says how a worker ended, with the likely cause for common signals."""
+    if exitcode is None:
+        return "with an unknown status"
+    if exitcode >= 0:
+        return f"with exit code {exitcode}"
+    signum = -exitcode
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = f"signal {signum}"
+    hints = {
+        signal.SIGKILL: " (killed: often the kernel's OOM killer, or a kill -9)",
+        signal.SIGSEGV: " (segmentation fault, usually in native code)",
+        signal.SIGABRT: " (aborted, usually by native code)",
+        signal.SIGBUS: " (bus error, usually in native code)",
+        signal.SIGTERM: " (terminated)",
+    }
+    return f"from signal {name}{hints.get(signum, '')}"
+
+
+def outcome_to_exception(
+    kind: str, payload: bytes | None, front: int, pid: int, exitcode: int | None, limit: float
+) -> BaseException:
+    """Builds the exception for a failed task. Called by the native AsyncResult."""
+    if kind == "error" and payload is not None:
+        return rebuild_exception(payload, front)
+    if kind == "lost":
+        return WorkerLostError(
+            f"worker process {pid} died {describe_exit(exitcode)} while running this task; "
+            "the worker was replaced and the pool keeps serving",
+            pid,
+            exitcode,
+        )
+    if kind == "timeout":
+        return TaskTimeoutError(
+            f"task ran longer than its {limit:g} s time limit; "
+            f"worker process {pid} was killed and replaced"
+        )
+    if kind == "init":
+        error = InitializerError("the pool's initializer raised in a worker; no task can run")
+        if payload is not None:
+            error.__cause__ = rebuild_exception(payload, front)
+        return error
+    if kind == "startup":
+        return InitializerError(
+            f"{pid} worker processes in a row ended {describe_exit(exitcode)} before finishing "
+            "start-up; is the task's module importable in the child?"
+        )
+    if kind == "cancelled":
+        return CancelledError()
+    if kind == "terminated":
+        return BrokenProcessPool("the pool was terminated before this task finished")
+    detail = payload.decode("utf-8", "replace") if payload else kind
+    return BrokenProcessPool(f"rpool internal failure: {detail}")

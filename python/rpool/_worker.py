@@ -1,0 +1,47 @@
+"""Entry point of every worker process: safety nets, the initializer, then the native loop.
+
+Runs in the child after `multiprocessing` started it (fork, spawn or forkserver), so `__main__`
+handling, authkey and objects inherited through ``initargs`` follow the stdlib exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
+from typing import Any
+
+from rpool import _rpool
+from rpool._remote import WorkerCodec, encode_exception
+
+
+def _take_fd(conn: Connection) -> int:
+    """Moves a connection's descriptor out of it (Connection has no public detach)."""
+    fd = os.dup(conn.fileno())
+    conn.close()
+    return fd
+
+
+def worker_main(
+    task_conn: Connection,
+    result_conn: Connection,
+    initializer: Callable[..., object] | None,
+    initargs: Sequence[Any],
+    max_tasks: int | None,
+    expected_parent: int,
+    front: int,
+) -> None:
+    """Runs one worker until the pool releases it, it reaches ``max_tasks``, or the parent dies."""
+    # Ctrl+C reaches the whole process group; the parent decides what it means.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    task_fd = _take_fd(task_conn)
+    result_fd = _take_fd(result_conn)
+    _rpool.prepare_worker(task_fd, expected_parent)
+    if initializer is not None:
+        try:
+            initializer(*initargs)
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
+            _rpool.send_init_failure(result_fd, encode_exception(exc))
+            return
+    _rpool.worker_loop(task_fd, result_fd, WorkerCodec(front), max_tasks)

@@ -1,0 +1,355 @@
+"""`rpool.Pool`: the `multiprocessing.Pool` API on rpool's native core."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from multiprocessing import TimeoutError as MpTimeoutError
+from multiprocessing.context import BaseContext
+from types import TracebackType
+from typing import Any
+
+from rpool import _rpool
+from rpool._mapping import IMapIterator, MapResult, check_chunksize, pickle_chunk, split_chunks
+from rpool._remote import FRONT_POOL, PROTOCOL
+from rpool._runtime import KIND_CALL, KIND_MAP, KIND_STARMAP, CallbackEntry, Runtime
+
+RUN = "RUN"
+CLOSE = "CLOSE"
+TERMINATE = "TERMINATE"
+
+AsyncResult = _rpool.AsyncResult
+
+
+def describe_unpicklable(args: tuple[Any, ...], kwds: Mapping[str, Any]) -> str:
+    """Names the arguments that cannot be pickled (only called after pickling failed)."""
+    bad = []
+    for position, value in enumerate(args):
+        try:
+            pickle.dumps(value, PROTOCOL)
+        except Exception:
+            bad.append(f"argument {position} ({type(value).__module__}.{type(value).__qualname__})")
+    for name, value in kwds.items():
+        try:
+            pickle.dumps(value, PROTOCOL)
+        except Exception:
+            bad.append(f"keyword {name!r} ({type(value).__module__}.{type(value).__qualname__})")
+    if not bad:
+        return "rpool: the task's function or arguments could not be pickled"
+    return "rpool: could not pickle the task's " + ", ".join(bad)
+
+
+class _FailedResult:
+    """An `AsyncResult` for a task that failed before it could be sent (pickling error)."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self._exc = exc
+
+    def ready(self) -> bool:
+        return True
+
+    def successful(self) -> bool:
+        return False
+
+    def wait(self, timeout: float | None = None) -> None:
+        return None
+
+    def get(self, timeout: float | None = None) -> Any:
+        raise self._exc
+
+
+class Pool:
+    """A process pool with the `multiprocessing.pool.Pool` API.
+
+    ``Pool(processes=None, initializer=None, initargs=(), maxtasksperchild=None, context=None)``
+    behaves like the stdlib. Keyword-only extension: ``retries`` re-runs a task whose worker
+    died up to that many times. ``chunksize=None`` (the default everywhere) picks a chunk size
+    automatically.
+    """
+
+    def __init__(
+        self,
+        processes: int | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
+        maxtasksperchild: int | None = None,
+        context: BaseContext | None = None,
+        *,
+        retries: int = 0,
+    ) -> None:
+        self._state = RUN
+        self._runtime: Runtime | None = None
+        if processes is None:
+            processes = os.cpu_count() or 1
+        if processes < 1:
+            raise ValueError("Number of processes must be at least 1")
+        if maxtasksperchild is not None:
+            if not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0:
+                raise ValueError("maxtasksperchild must be a positive int or None")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if not isinstance(retries, int) or retries < 0:
+            raise ValueError("retries must be a non-negative int")
+        self._ctx = context if context is not None else multiprocessing.get_context()
+        self._processes = processes
+        self._runtime = Runtime(
+            processes=processes,
+            initializer=initializer,
+            initargs=tuple(initargs),
+            max_tasks=maxtasksperchild,
+            ctx=self._ctx,
+            retries=retries,
+            front=FRONT_POOL,
+            daemon=True,
+            worker_label="PoolWorker",
+        )
+        self._lock = threading.Lock()
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _live_runtime(self) -> Runtime:
+        runtime = self._runtime
+        if self._state != RUN or runtime is None:
+            raise ValueError("Pool not running")
+        runtime.check_usable()
+        return runtime
+
+    def __reduce__(self) -> Any:
+        raise NotImplementedError(
+            "pool objects cannot be passed between processes or pickled"
+        )
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__module__}.{type(self).__qualname__} state={self._state} pool_size={self._processes}>"
+
+    # --- single tasks ----------------------------------------------------------------------
+
+    def apply(
+        self,
+        func: Callable[..., Any],
+        args: Iterable[Any] = (),
+        kwds: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Any:
+        """Calls ``func(*args, **kwds)`` in a worker and returns its result."""
+        return self.apply_async(func, args, kwds if kwds is not None else {}, timeout=timeout).get()
+
+    def apply_async(
+        self,
+        func: Callable[..., Any],
+        args: Iterable[Any] = (),
+        kwds: Mapping[str, Any] | None = None,
+        callback: Callable[[Any], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Any:
+        """Queues ``func(*args, **kwds)``; returns an `AsyncResult`.
+
+        ``timeout`` (keyword-only extension): seconds the task may run; past it the worker is
+        killed and replaced and the task fails with `rpool.TaskTimeoutError`.
+        """
+        runtime = self._live_runtime()
+        if type(args) is not tuple:
+            args = tuple(args)
+        if kwds is not None and type(kwds) is not dict:
+            kwds = dict(kwds)
+        func_id = runtime.func_id(func)
+        try:
+            if func_id:
+                payload = pickle.dumps((args, kwds or None), PROTOCOL)
+            else:
+                payload = pickle.dumps((func, args, kwds or None), PROTOCOL)
+        except Exception as exc:
+            exc.add_note(describe_unpicklable(args, kwds or {}))
+            if error_callback is not None:
+                error_callback(exc)
+            return _FailedResult(exc)
+        notify = callback is not None or error_callback is not None
+        handle = runtime.core.submit(KIND_CALL, func_id, payload, notify, FRONT_POOL, timeout)
+        if notify:
+            runtime.pending[handle.task_id] = CallbackEntry(handle, callback, error_callback)
+        return handle
+
+    # --- maps ------------------------------------------------------------------------------
+
+    def _map_async(
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Any],
+        kind: int,
+        chunksize: int | None,
+        callback: Callable[[list[Any]], object] | None,
+        error_callback: Callable[[BaseException], object] | None,
+        task_timeout: float | None,
+    ) -> MapResult:
+        runtime = self._live_runtime()
+        check_chunksize(chunksize)
+        if not hasattr(iterable, "__len__"):
+            iterable = list(iterable)
+        length = len(iterable)  # type: ignore[arg-type]
+        if chunksize is None:
+            chunksize = _rpool.default_chunksize(length, self._processes)
+        result = MapResult(callback, error_callback)
+        func_id = runtime.func_id(func)
+        chunks = list(split_chunks(iterable, chunksize))
+        try:
+            payloads = [pickle_chunk(func, func_id, chunk) for chunk in chunks]
+        except Exception as exc:
+            exc.add_note("rpool: an item of the map's input (or its function) could not be pickled")
+            result._fail_now(exc)
+            return result
+        handles = runtime.core.submit_many(kind, func_id, payloads, True, FRONT_POOL, task_timeout)
+        result._start(runtime, handles, [len(chunk) for chunk in chunks])
+        return result
+
+    def map(
+        self,
+        func: Callable[[Any], Any],
+        iterable: Iterable[Any],
+        chunksize: int | None = None,
+        *,
+        task_timeout: float | None = None,
+    ) -> list[Any]:
+        """Like the builtin `map`, in parallel; returns a list in input order."""
+        return self._map_async(func, iterable, KIND_MAP, chunksize, None, None, task_timeout).get()
+
+    def map_async(
+        self,
+        func: Callable[[Any], Any],
+        iterable: Iterable[Any],
+        chunksize: int | None = None,
+        callback: Callable[[list[Any]], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+        *,
+        task_timeout: float | None = None,
+    ) -> MapResult:
+        """Asynchronous `map`; returns a `MapResult`."""
+        return self._map_async(
+            func, iterable, KIND_MAP, chunksize, callback, error_callback, task_timeout
+        )
+
+    def starmap(
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: int | None = None,
+        *,
+        task_timeout: float | None = None,
+    ) -> list[Any]:
+        """Like `map`, but each item is unpacked as the arguments: ``func(*item)``."""
+        return self._map_async(
+            func, iterable, KIND_STARMAP, chunksize, None, None, task_timeout
+        ).get()
+
+    def starmap_async(
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: int | None = None,
+        callback: Callable[[list[Any]], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+        *,
+        task_timeout: float | None = None,
+    ) -> MapResult:
+        """Asynchronous `starmap`; returns a `MapResult`."""
+        return self._map_async(
+            func, iterable, KIND_STARMAP, chunksize, callback, error_callback, task_timeout
+        )
+
+    def _imap(
+        self,
+        func: Callable[[Any], Any],
+        iterable: Iterable[Any],
+        chunksize: int | None,
+        ordered: bool,
+        task_timeout: float | None,
+    ) -> IMapIterator:
+        runtime = self._live_runtime()
+        check_chunksize(chunksize)
+        return IMapIterator(
+            runtime,
+            func,
+            iterable,
+            kind=KIND_MAP,
+            chunksize=chunksize,
+            ordered=ordered,
+            front=FRONT_POOL,
+            task_timeout=task_timeout,
+            window=None,
+            timeout_error=MpTimeoutError,
+        )
+
+    def imap(
+        self,
+        func: Callable[[Any], Any],
+        iterable: Iterable[Any],
+        chunksize: int | None = None,
+        *,
+        task_timeout: float | None = None,
+    ) -> Iterator[Any]:
+        """Lazy `map`: reads the input as results are consumed; yields in input order."""
+        return self._imap(func, iterable, chunksize, True, task_timeout)
+
+    def imap_unordered(
+        self,
+        func: Callable[[Any], Any],
+        iterable: Iterable[Any],
+        chunksize: int | None = None,
+        *,
+        task_timeout: float | None = None,
+    ) -> Iterator[Any]:
+        """Like `imap`, but yields results as they finish."""
+        return self._imap(func, iterable, chunksize, False, task_timeout)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Accepts no more tasks; workers exit once the queued ones are done."""
+        with self._lock:
+            if self._state == RUN and self._runtime is not None:
+                self._state = CLOSE
+                self._runtime.close()
+
+    def terminate(self) -> None:
+        """Stops the workers now; unfinished tasks fail."""
+        with self._lock:
+            self._state = TERMINATE
+            runtime = self._runtime
+        if runtime is not None and not runtime.forked_away:
+            runtime.terminate()
+            runtime.join()
+
+    def join(self) -> None:
+        """Waits for the workers to exit; call `close` or `terminate` first."""
+        if self._state == RUN:
+            raise ValueError("Pool is still running")
+        runtime = self._runtime
+        if runtime is not None and not runtime.forked_away:
+            runtime.join()
+
+    def __enter__(self) -> Pool:
+        self._live_runtime()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.terminate()
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        runtime = getattr(self, "_runtime", None)
+        if runtime is None or runtime.forked_away:
+            return
+        if getattr(self, "_state", None) == RUN:
+            _warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning, source=self)
+            self._state = TERMINATE
+            runtime.terminate()
