@@ -4,6 +4,7 @@ Rust core. ``from rpool import Pool`` is all a program changes."""
 from rpool._mapping import IMapIterator, MapResult
 from rpool._remote import InitializerError, RemoteError, TaskTimeoutError, WorkerLostError
 from rpool._runtime import PoolForkedError
+from rpool.executor import ProcessPoolExecutor, RpoolFuture
 from rpool.pool import AsyncResult, Pool
 
 __all__ = [
@@ -13,6 +14,8 @@ __all__ = [
     "MapResult",
     "Pool",
     "PoolForkedError",
+    "ProcessPoolExecutor",
+    "RpoolFuture",
     "RemoteError",
     "TaskTimeoutError",
     "WorkerLostError",

@@ -112,6 +112,8 @@ class Runtime:
         self._notifier_stop = False
         self._started = threading.Event()
         self._start_error: BaseException | None = None
+        # At interpreter exit: finish queued work (executor) instead of terminating (Pool).
+        self.graceful_exit = False
         self._supervisor = threading.Thread(
             target=self._supervise, name="rpool-supervisor", daemon=True
         )
@@ -382,8 +384,11 @@ def _terminate_live_runtimes_at_exit() -> None:
         if runtime.forked_away:
             continue
         try:
-            runtime.terminate()
-            runtime.join(5)
+            if runtime.graceful_exit:
+                runtime.close()
+            else:
+                runtime.terminate()
+            runtime.join()
         except Exception:  # noqa: BLE001 - best effort at interpreter exit
             pass
 

@@ -1,0 +1,352 @@
+"""`rpool.ProcessPoolExecutor`: the `concurrent.futures` API on rpool's native core, with
+Futures cheap enough to use per task."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent import futures
+from concurrent.futures import _base
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.context import BaseContext
+from typing import Any
+
+from rpool import _rpool
+from rpool._mapping import IMapIterator, check_chunksize
+from rpool._remote import FRONT_EXECUTOR, PROTOCOL, InitializerError
+from rpool._runtime import KIND_CALL, KIND_STARMAP, Runtime
+from rpool.pool import describe_unpicklable
+
+# Guards the lazy creation of Future conditions (see RpoolFuture).
+_CONDITION_LOCK = threading.Lock()
+
+
+class RpoolFuture(futures.Future):  # type: ignore[type-arg]
+    """A real `concurrent.futures.Future` whose `threading.Condition` is created only when a
+    thread actually waits on it (`result()`, `as_completed`, `wait`). Completion without
+    waiters skips the lock entirely, which makes a Future several times cheaper to create
+    and complete. Cancelling works while no worker has received the task."""
+
+    def __init__(self) -> None:  # deliberately not calling Future.__init__ (it makes a Condition)
+        self._rpool_cond: threading.Condition | None = None
+        self._state = _base.PENDING
+        self._result = None
+        self._exception = None
+        self._waiters: list[Any] = []
+        self._done_callbacks: list[Any] = []
+        self._rpool_handle: Any = None
+        self._rpool_pending: dict[int, Any] | None = None
+
+    @property  # type: ignore[override]
+    def _condition(self) -> threading.Condition:
+        cond = self._rpool_cond
+        if cond is None:
+            with _CONDITION_LOCK:
+                cond = self._rpool_cond
+                if cond is None:
+                    cond = self._rpool_cond = threading.Condition()
+        return cond
+
+    def _finish_without_waiters(self, result: Any, exception: BaseException | None) -> bool:
+        """Completes the future if no thread has created its condition yet."""
+        if self._rpool_cond is not None:
+            return False
+        with _CONDITION_LOCK:
+            if self._rpool_cond is not None:
+                return False
+            if self._state in (_base.CANCELLED, _base.CANCELLED_AND_NOTIFIED, _base.FINISHED):
+                raise _base.InvalidStateError(f"{self._state}: {self!r}")
+            self._result = result
+            self._exception = exception
+            self._state = _base.FINISHED
+        self._invoke_callbacks()
+        return True
+
+    def set_result(self, result: Any) -> None:
+        if not self._finish_without_waiters(result, None):
+            super().set_result(result)
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        if exception is None or not self._finish_without_waiters(None, exception):
+            super().set_exception(exception)
+
+    def cancel(self) -> bool:
+        handle = self._rpool_handle
+        if handle is not None and handle.cancel():
+            pending = self._rpool_pending
+            if pending is not None:
+                pending.pop(handle.task_id, None)
+            self._rpool_handle = None
+            return super().cancel()
+        with self._condition:
+            return self._state in (_base.CANCELLED, _base.CANCELLED_AND_NOTIFIED)
+
+    def running(self) -> bool:
+        handle = self._rpool_handle
+        if handle is not None and self._state == _base.PENDING:
+            return bool(handle.running())
+        return super().running()
+
+    def _rpool_complete(self) -> None:
+        handle = self._rpool_handle
+        if handle is None:
+            return
+        ok, value = handle._resolve()
+        handle._publish()
+        self._rpool_handle = None
+        if self._state != _base.PENDING and self._state != _base.RUNNING:
+            return
+        if ok:
+            self.set_result(value)
+        else:
+            self.set_exception(value)
+
+
+def _result_iterator(results: IMapIterator) -> Iterator[Any]:
+    try:
+        yield from results
+    finally:
+        results.close()
+
+
+class ProcessPoolExecutor(futures.Executor):
+    """A process pool with the `concurrent.futures.ProcessPoolExecutor` API.
+
+    Differences (deliberate): a worker that dies fails only the future it was running (with
+    `rpool.WorkerLostError`, a `BrokenProcessPool`) and is replaced, so the executor keeps
+    serving; `map` picks a chunk size automatically when ``chunksize`` is None (the default).
+    Keyword-only extension: ``retries`` re-runs tasks lost to a dead worker.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: BaseContext | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
+        *,
+        max_tasks_per_child: int | None = None,
+        retries: int = 0,
+    ) -> None:
+        self._runtime: Runtime | None = None
+        if max_workers is None:
+            max_workers = os.cpu_count() or 1
+        elif max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if mp_context is None:
+            if max_tasks_per_child is not None:
+                mp_context = multiprocessing.get_context("spawn")
+            else:
+                mp_context = multiprocessing.get_context()
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if max_tasks_per_child is not None:
+            if not isinstance(max_tasks_per_child, int):
+                raise TypeError("max_tasks_per_child must be an integer")
+            if max_tasks_per_child <= 0:
+                raise ValueError("max_tasks_per_child must be >= 1")
+            if mp_context.get_start_method(allow_none=False) == "fork":
+                raise ValueError(
+                    "max_tasks_per_child is incompatible with the 'fork' multiprocessing "
+                    "start method; supply a different mp_context."
+                )
+        if not isinstance(retries, int) or retries < 0:
+            raise ValueError("retries must be a non-negative int")
+        self._max_workers = max_workers
+        self._mp_context = mp_context
+        self._shutdown_thread = False
+        self._shutdown_lock = threading.Lock()
+        self._feeders: list[threading.Thread] = []
+        self._runtime = Runtime(
+            processes=max_workers,
+            initializer=initializer,
+            initargs=tuple(initargs),
+            max_tasks=max_tasks_per_child,
+            ctx=mp_context,
+            retries=retries,
+            front=FRONT_EXECUTOR,
+            daemon=False,
+            worker_label="Process",
+        )
+        self._runtime.graceful_exit = True
+
+    def _live_runtime(self) -> Runtime:
+        runtime = self._runtime
+        if runtime is None:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        payload = runtime.core.broken_payload()
+        if payload is not None:
+            raise _broken_error(runtime)
+        if self._shutdown_thread:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        try:
+            runtime.check_usable()
+        except BrokenProcessPool:
+            raise
+        except ValueError:
+            raise RuntimeError("cannot schedule new futures after shutdown") from None
+        return runtime
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> futures.Future[Any]:
+        """Schedules ``fn(*args, **kwargs)``; returns a `concurrent.futures.Future`."""
+        return self._submit(fn, args, kwargs, None)
+
+    def submit_with(
+        self,
+        fn: Callable[..., Any],
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> futures.Future[Any]:
+        """Like `submit`, with options (rpool extension).
+
+        ``timeout``: seconds the task may run; past it its worker is killed and replaced and
+        the future fails with `rpool.TaskTimeoutError`.
+        """
+        return self._submit(fn, tuple(args), kwargs or {}, timeout)
+
+    def _submit(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+    ) -> futures.Future[Any]:
+        runtime = self._live_runtime()
+        future = RpoolFuture()
+        func_id = runtime.func_id(fn)
+        try:
+            if func_id:
+                payload = pickle.dumps((args, kwargs or None), PROTOCOL)
+            else:
+                payload = pickle.dumps((fn, args, kwargs or None), PROTOCOL)
+        except Exception as exc:
+            exc.add_note(describe_unpicklable(args, kwargs))
+            future.set_exception(exc)
+            return future
+        handle = runtime.core.submit(KIND_CALL, func_id, payload, True, FRONT_EXECUTOR, timeout)
+        future._rpool_handle = handle
+        future._rpool_pending = runtime.pending
+        runtime.pending[handle.task_id] = future
+        return future
+
+    def map(  # type: ignore[override]
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        buffersize: int | None = None,
+    ) -> Iterator[Any]:
+        """Returns an iterator of ``fn(*items)`` in input order, computed in chunks.
+
+        ``chunksize=None`` picks a chunk size (the stdlib's default of 1 is the slow case).
+        ``buffersize`` bounds the number of chunks in flight, so an endless input works.
+        ``timeout`` counts from this call; past it, iteration raises `TimeoutError`.
+        """
+        if buffersize is not None:
+            if not isinstance(buffersize, int):
+                raise TypeError("buffersize must be an integer or None")
+            if buffersize < 1:
+                raise ValueError("buffersize must be None or > 0")
+        check_chunksize(chunksize)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        runtime = self._live_runtime()
+        if chunksize is None and iterables and all(hasattr(i, "__len__") for i in iterables):
+            length = min(len(i) for i in iterables)  # type: ignore[arg-type]
+            chunksize = _rpool.default_chunksize(length, self._max_workers)
+        results = IMapIterator(
+            runtime,
+            fn,
+            zip(*iterables),
+            kind=KIND_STARMAP,
+            chunksize=chunksize,
+            ordered=True,
+            front=FRONT_EXECUTOR,
+            task_timeout=None,
+            window=buffersize if buffersize is not None else sys.maxsize,
+            timeout_error=futures.TimeoutError,
+            deadline=deadline,
+        )
+        with self._shutdown_lock:
+            self._feeders = [t for t in self._feeders if t.is_alive()]
+            self._feeders.append(results._feeder)
+        return _result_iterator(results)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Accepts no more work; waits for running and pending work when ``wait`` is true.
+
+        ``cancel_futures=True`` cancels futures that no worker has received yet.
+        """
+        runtime = self._runtime
+        with self._shutdown_lock:
+            self._shutdown_thread = True
+            feeders = list(self._feeders)
+        if runtime is None or runtime.forked_away:
+            return
+        if cancel_futures:
+            for entry in list(runtime.pending.values()):
+                if isinstance(entry, RpoolFuture):
+                    entry.cancel()
+        if wait:
+            for feeder in feeders:
+                feeder.join()
+            runtime.close()
+            runtime.join()
+        else:
+            closer = threading.Thread(
+                target=_close_after, args=(runtime, feeders), name="rpool-shutdown", daemon=True
+            )
+            closer.start()
+
+    def terminate_workers(self) -> None:
+        """Terminates every worker now (SIGTERM) and shuts the executor down; unfinished
+        futures fail with `BrokenProcessPool`."""
+        self._stop_workers(signal.SIGTERM)
+
+    def kill_workers(self) -> None:
+        """Kills every worker now (SIGKILL) and shuts the executor down; unfinished futures
+        fail with `BrokenProcessPool`."""
+        self._stop_workers(signal.SIGKILL)
+
+    def _stop_workers(self, signum: int) -> None:
+        runtime = self._runtime
+        with self._shutdown_lock:
+            self._shutdown_thread = True
+        if runtime is None or runtime.forked_away:
+            return
+        runtime.core.terminate()
+        runtime.kill_workers(signum)
+        runtime.terminate()
+        runtime.join()
+
+    def __del__(self) -> None:
+        runtime = getattr(self, "_runtime", None)
+        if runtime is not None and not runtime.forked_away and not self._shutdown_thread:
+            runtime.close()
+
+
+def _close_after(runtime: Runtime, feeders: list[threading.Thread]) -> None:
+    for feeder in feeders:
+        feeder.join()
+    runtime.close()
+
+
+def _broken_error(runtime: Runtime) -> BrokenProcessPool:
+    payload = runtime.core.broken_payload()
+    error = InitializerError(
+        "A child process terminated abruptly, the process pool is not usable anymore "
+        "(its initializer raised)"
+    )
+    if payload is not None:
+        from rpool._remote import rebuild_exception
+
+        error.__cause__ = rebuild_exception(payload, FRONT_EXECUTOR)
+    return error
