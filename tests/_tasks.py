@@ -1,0 +1,176 @@
+"""Task functions for the rpool tests.
+
+Everything here runs inside pool workers, so it must be importable by name in a spawned
+child (conftest puts this directory on PYTHONPATH). Keep tasks tiny and side effects
+visible to the parent: return values, files under a tmp_path, or queues.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+
+# --- plain values ----------------------------------------------------------------------
+
+
+def square(x):
+    return x * x
+
+
+def add(a, b):
+    return a + b
+
+
+def identity(x):
+    return x
+
+
+def sleep_and_return(seconds, value=None):
+    time.sleep(seconds)
+    return value
+
+
+def reverse_delay(x):
+    """Return `x` after a delay that shrinks as `x` grows (later items finish first)."""
+    time.sleep(max(0.0, 0.2 - 0.01 * x))
+    return x
+
+
+def getpid(_=None):
+    return os.getpid()
+
+
+def current_process_name(_=None):
+    return multiprocessing.current_process().name
+
+
+# --- failures --------------------------------------------------------------------------
+
+
+def raise_value_error(*args):
+    raise ValueError(*args)
+
+
+def return_unpicklable(_=None):
+    return threading.Lock()
+
+
+def unpicklable_if(x, bad):
+    """Return `x`, except an unpicklable lock when `x == bad`."""
+    return threading.Lock() if x == bad else x
+
+
+class TwoArgError(Exception):
+    """Pickles fine but cannot be unpickled: pickle calls TwoArgError(message)."""
+
+    def __init__(self, left, right):
+        super().__init__(f"bad pair: {left}/{right}")
+        self.left = left
+        self.right = right
+
+
+def raise_unpicklable_exception(left="left", right="right"):
+    raise TwoArgError(left, right)
+
+
+def os_exit(code):
+    os._exit(code)
+
+
+def kill_self(sig=signal.SIGKILL):
+    os.kill(os.getpid(), sig)
+    time.sleep(30)  # only reached if the signal is ignored or handled
+
+
+def kill_self_once(marker_path, sig=signal.SIGKILL):
+    """Kill the worker on the first attempt (no marker yet); succeed on a retry."""
+    if not os.path.exists(marker_path):
+        with open(marker_path, "w") as f:
+            f.write(str(os.getpid()))
+        os.kill(os.getpid(), sig)
+        time.sleep(30)
+    return "survived"
+
+
+def exit_once(marker_path, code=3):
+    if not os.path.exists(marker_path):
+        with open(marker_path, "w") as f:
+            f.write(str(os.getpid()))
+        os._exit(code)
+    return "survived"
+
+
+# --- initializers and per-worker state -------------------------------------------------
+
+_INIT_VALUE = None
+_INIT_COUNT = 0
+
+
+def record_init(value):
+    global _INIT_VALUE, _INIT_COUNT
+    _INIT_VALUE = value
+    _INIT_COUNT += 1
+
+
+def worker_state(_=None):
+    """(pid, value given to record_init, number of record_init calls in this process)."""
+    return os.getpid(), _INIT_VALUE, _INIT_COUNT
+
+
+def failing_initializer(*_args):
+    raise RuntimeError("initializer failed on purpose")
+
+
+_QUEUE = None
+
+
+def init_queue(q):
+    global _QUEUE
+    _QUEUE = q
+
+
+def put_in_global_queue(x):
+    _QUEUE.put(x)
+    return x
+
+
+def put_in_queue(q, x):
+    q.put(x)
+    return x
+
+
+def set_in_dict(d, key, value):
+    d[key] = value
+    return key
+
+
+# --- blocking on the parent ------------------------------------------------------------
+
+
+def block_until(release_path, started_dir=None, timeout=30.0):
+    """Announce this worker in `started_dir` (a file named by pid), then wait until
+    `release_path` exists. Returns worker_state(). Gives deterministic "all workers busy"
+    states without timing guesses."""
+    if started_dir is not None:
+        with open(os.path.join(started_dir, str(os.getpid())), "w"):
+            pass
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(release_path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{release_path} was not created within {timeout} s")
+        time.sleep(0.01)
+    return worker_state()
+
+
+def block_on(spec):
+    """block_until for map(): `spec` is (release_path, started_dir)."""
+    return block_until(*spec)
+
+
+def raise_value_error_if_odd(x):
+    if x % 2:
+        raise ValueError("odd", x)
+    return x

@@ -1,0 +1,327 @@
+"""rpool.ProcessPoolExecutor: the concurrent.futures.ProcessPoolExecutor contract.
+
+Futures are real concurrent.futures.Future objects (as_completed, wait, asyncio), map
+ordering/timeout/chunksize/buffersize, cancellation, shutdown, remote tracebacks, broken
+pools from failing initializers, max_tasks_per_child, and terminate/kill of workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import concurrent.futures.process
+import itertools
+from concurrent.futures import (
+    ALL_COMPLETED,
+    FIRST_COMPLETED,
+    FIRST_EXCEPTION,
+    CancelledError,
+    as_completed,
+    wait,
+)
+from concurrent.futures.process import BrokenProcessPool
+
+import _tasks
+import pytest
+import rpool
+from _helpers import pid_alive, release, wait_started, wait_until
+
+RESULT_TIMEOUT = 30
+MANY = 2000
+
+
+@pytest.fixture
+def executor(ctx):
+    with rpool.ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        yield ex
+
+
+def test_is_an_executor():
+    assert issubclass(rpool.ProcessPoolExecutor, concurrent.futures.Executor)
+
+
+def test_submit_returns_future(executor):
+    future = executor.submit(_tasks.add, 2, b=5)
+    assert isinstance(future, concurrent.futures.Future)
+    assert future.result(timeout=RESULT_TIMEOUT) == 7
+    assert future.done() and not future.cancelled()
+    assert future.exception(timeout=RESULT_TIMEOUT) is None
+
+
+def test_as_completed_many(executor):
+    futures = [executor.submit(_tasks.square, i) for i in range(MANY)]
+    seen = [f.result(timeout=0) for f in as_completed(futures, timeout=RESULT_TIMEOUT * 2)]
+    assert sorted(seen) == [i * i for i in range(MANY)]
+
+
+def test_wait_all_completed_many(executor):
+    futures = [executor.submit(_tasks.square, i) for i in range(MANY)]
+    done, not_done = wait(futures, timeout=RESULT_TIMEOUT * 2, return_when=ALL_COMPLETED)
+    assert not not_done
+    assert len(done) == MANY
+    assert [f.result(timeout=0) for f in futures] == [i * i for i in range(MANY)]
+
+
+def test_wait_first_completed_many(executor, tmp_path):
+    gate = tmp_path / "release"
+    blocker = executor.submit(_tasks.block_until, str(gate))
+    futures = [executor.submit(_tasks.square, i) for i in range(MANY)]
+    done, not_done = wait([blocker, *futures], timeout=RESULT_TIMEOUT, return_when=FIRST_COMPLETED)
+    assert done
+    assert blocker in not_done
+    assert all(f.done() for f in done)
+    release(gate)
+    done, not_done = wait([blocker, *futures], timeout=RESULT_TIMEOUT * 2)
+    assert not not_done
+    assert blocker.result(timeout=0)[0] > 0
+
+
+def test_wait_first_exception_many(executor, tmp_path):
+    gate = tmp_path / "release"
+    blocker = executor.submit(_tasks.block_until, str(gate))
+    futures = [executor.submit(_tasks.square, i) for i in range(MANY // 2)]
+    failing = executor.submit(_tasks.raise_value_error, "first")
+    futures += [executor.submit(_tasks.square, i) for i in range(MANY // 2)]
+    done, not_done = wait(
+        [blocker, failing, *futures], timeout=RESULT_TIMEOUT, return_when=FIRST_EXCEPTION
+    )
+    assert failing in done
+    assert blocker in not_done
+    assert isinstance(failing.exception(timeout=0), ValueError)
+    release(gate)
+    done, not_done = wait([blocker, *futures], timeout=RESULT_TIMEOUT * 2)
+    assert not not_done
+
+
+def test_add_done_callback(executor):
+    calls = []
+    future = executor.submit(_tasks.square, 9)
+    future.add_done_callback(calls.append)
+    assert future.result(timeout=RESULT_TIMEOUT) == 81
+    assert wait_until(lambda: calls, RESULT_TIMEOUT)
+    # Registered after completion: runs immediately, in this thread.
+    future.add_done_callback(calls.append)
+    assert calls == [future, future]
+
+
+def test_cancel_before_start(executor, tmp_path):
+    gate = tmp_path / "release"
+    started = tmp_path / "started"
+    started.mkdir()
+    blockers = [executor.submit(_tasks.block_until, str(gate), str(started)) for _ in range(2)]
+    wait_started(started, 2)
+    pending = [executor.submit(_tasks.square, i) for i in range(20)]
+    last = pending[-1]
+    assert last.cancel() is True
+    assert last.cancelled()
+    assert last.done()
+    with pytest.raises(CancelledError):
+        last.result(timeout=RESULT_TIMEOUT)
+    release(gate)
+    for b in blockers:
+        b.result(timeout=RESULT_TIMEOUT)
+    assert [f.result(timeout=RESULT_TIMEOUT) for f in pending[:-1]] == [i * i for i in range(19)]
+
+
+def test_cancel_finished_future_returns_false(executor):
+    future = executor.submit(_tasks.square, 3)
+    assert future.result(timeout=RESULT_TIMEOUT) == 9
+    assert future.cancel() is False
+    assert not future.cancelled()
+
+
+def test_asyncio_run_in_executor_gather(executor):
+    async def main():
+        loop = asyncio.get_running_loop()
+        calls = [loop.run_in_executor(executor, _tasks.square, i) for i in range(20)]
+        return await asyncio.wait_for(asyncio.gather(*calls), RESULT_TIMEOUT)
+
+    assert asyncio.run(main()) == [i * i for i in range(20)]
+
+
+def test_asyncio_wrap_future(executor):
+    async def main():
+        ok = await asyncio.wait_for(
+            asyncio.wrap_future(executor.submit(_tasks.square, 12)), RESULT_TIMEOUT
+        )
+        with pytest.raises(ValueError, match="async"):
+            await asyncio.wait_for(
+                asyncio.wrap_future(executor.submit(_tasks.raise_value_error, "async")),
+                RESULT_TIMEOUT,
+            )
+        return ok
+
+    assert asyncio.run(main()) == 144
+
+
+def test_map_ordering(executor):
+    assert list(executor.map(_tasks.reverse_delay, range(20), timeout=RESULT_TIMEOUT)) == list(
+        range(20)
+    )
+    assert list(executor.map(_tasks.add, range(10), range(10, 30))) == [
+        i + i + 10 for i in range(10)
+    ]
+
+
+def test_map_empty(executor):
+    assert list(executor.map(_tasks.square, [])) == []
+
+
+def test_map_timeout(executor, tmp_path):
+    gate = tmp_path / "release"
+    results = executor.map(_tasks.block_until, [str(gate)], timeout=0.3)
+    with pytest.raises(concurrent.futures.TimeoutError):
+        next(results)
+    release(gate)
+
+
+def test_map_exception_propagates(executor):
+    results = executor.map(_tasks.raise_value_error_if_odd, range(4))
+    assert next(results) == 0
+    with pytest.raises(ValueError, match="odd"):
+        next(results)
+
+
+@pytest.mark.parametrize("chunksize", [1, 7, 10_000], ids=["one", "seven", "large"])
+def test_map_chunksize(executor, chunksize):
+    out = executor.map(_tasks.square, range(300), chunksize=chunksize, timeout=RESULT_TIMEOUT)
+    assert list(out) == [i * i for i in range(300)]
+
+
+def test_map_buffersize_endless_input(executor):
+    results = executor.map(_tasks.square, itertools.count(), buffersize=4)
+    try:
+        assert list(itertools.islice(results, 200)) == [i * i for i in range(200)]
+    finally:
+        results.close()
+
+
+def test_shutdown_wait_finishes_all(ctx):
+    ex = rpool.ProcessPoolExecutor(2, mp_context=ctx)
+    futures = [ex.submit(_tasks.sleep_and_return, 0.01, i) for i in range(20)]
+    ex.shutdown(wait=True)
+    assert all(f.done() for f in futures)
+    assert [f.result(timeout=0) for f in futures] == list(range(20))
+
+
+def test_shutdown_cancel_futures(ctx, tmp_path):
+    gate = tmp_path / "release"
+    started = tmp_path / "started"
+    started.mkdir()
+    ex = rpool.ProcessPoolExecutor(2, mp_context=ctx)
+    try:
+        blockers = [ex.submit(_tasks.block_until, str(gate), str(started)) for _ in range(2)]
+        wait_started(started, 2)
+        pending = [ex.submit(_tasks.square, i) for i in range(20)]
+        ex.shutdown(wait=False, cancel_futures=True)
+        # Not wait(): the stdlib leaves such futures CANCELLED (not _AND_NOTIFIED).
+        assert wait_until(pending[-1].done, RESULT_TIMEOUT)
+        assert pending[-1].cancelled()
+        with pytest.raises(CancelledError):
+            pending[-1].result(timeout=0)
+        release(gate)
+        for b in blockers:
+            assert b.result(timeout=RESULT_TIMEOUT)[0] > 0
+        for f in pending:
+            assert f.cancelled() or f.result(timeout=RESULT_TIMEOUT) == pending.index(f) ** 2
+    finally:
+        release(gate)
+        ex.shutdown(wait=True)
+
+
+def test_submit_after_shutdown(ctx):
+    ex = rpool.ProcessPoolExecutor(2, mp_context=ctx)
+    assert ex.submit(_tasks.square, 2).result(timeout=RESULT_TIMEOUT) == 4
+    ex.shutdown()
+    with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+        ex.submit(_tasks.square, 3)
+
+
+def test_context_manager_shuts_down(ctx):
+    with rpool.ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        future = ex.submit(_tasks.square, 4)
+    assert future.done()
+    assert future.result(timeout=0) == 16
+    with pytest.raises(RuntimeError):
+        ex.submit(_tasks.square, 3)
+
+
+def test_exception_has_remote_traceback(executor):
+    future = executor.submit(_tasks.raise_value_error, "remote", 2)
+    with pytest.raises(ValueError) as info:
+        future.result(timeout=RESULT_TIMEOUT)
+    exc = info.value
+    assert type(exc) is ValueError
+    assert exc.args == ("remote", 2)
+    assert isinstance(exc.__cause__, concurrent.futures.process._RemoteTraceback)
+    assert "raise_value_error" in str(exc.__cause__)
+    assert "_tasks.py" in str(exc.__cause__)
+    assert isinstance(future.exception(timeout=0), ValueError)
+
+
+def test_failing_initializer_breaks_pool(ctx):
+    with rpool.ProcessPoolExecutor(2, mp_context=ctx, initializer=_tasks.failing_initializer) as ex:
+        future = ex.submit(_tasks.square, 2)
+        with pytest.raises(BrokenProcessPool):
+            future.result(timeout=RESULT_TIMEOUT)
+        # The broken state is sticky: later submits are refused.
+        with pytest.raises(BrokenProcessPool):
+            ex.submit(_tasks.square, 3).result(timeout=RESULT_TIMEOUT)
+
+
+def test_failing_initializer_is_initializer_error(ctx):
+    with rpool.ProcessPoolExecutor(
+        2, mp_context=ctx, initializer=_tasks.failing_initializer, initargs=(1, 2)
+    ) as ex:
+        future = ex.submit(_tasks.square, 2)
+        with pytest.raises(rpool.InitializerError):
+            future.result(timeout=RESULT_TIMEOUT)
+        with pytest.raises(rpool.InitializerError):
+            ex.submit(_tasks.square, 3).result(timeout=RESULT_TIMEOUT)
+    assert issubclass(rpool.InitializerError, BrokenProcessPool)
+
+
+def test_initializer_and_initargs(ctx):
+    with rpool.ProcessPoolExecutor(
+        2, mp_context=ctx, initializer=_tasks.record_init, initargs=("exec",)
+    ) as ex:
+        states = list(ex.map(_tasks.worker_state, range(20), timeout=RESULT_TIMEOUT))
+    assert {(value, count) for _, value, count in states} == {("exec", 1)}
+
+
+def test_max_tasks_per_child(ctx, start_method):
+    if start_method == "fork":
+        with pytest.raises(ValueError):
+            rpool.ProcessPoolExecutor(2, mp_context=ctx, max_tasks_per_child=1)
+        return
+    with rpool.ProcessPoolExecutor(1, mp_context=ctx, max_tasks_per_child=1) as ex:
+        pids = [ex.submit(_tasks.getpid).result(timeout=RESULT_TIMEOUT) for _ in range(3)]
+    assert len(set(pids)) == 3
+
+
+@pytest.mark.parametrize("max_workers", [0, -1])
+def test_max_workers_must_be_positive(ctx, max_workers):
+    with pytest.raises(ValueError):
+        rpool.ProcessPoolExecutor(max_workers, mp_context=ctx)
+
+
+@pytest.mark.parametrize("method", ["terminate_workers", "kill_workers"])
+def test_terminate_and_kill_workers(ctx, tmp_path, method):
+    gate = tmp_path / "release"
+    started = tmp_path / "started"
+    started.mkdir()
+    ex = rpool.ProcessPoolExecutor(2, mp_context=ctx)
+    try:
+        blockers = [ex.submit(_tasks.block_until, str(gate), str(started)) for _ in range(2)]
+        pids = wait_started(started, 2)
+        getattr(ex, method)()
+        done, not_done = wait(blockers, timeout=10)
+        assert not not_done
+        for f in blockers:
+            assert f.cancelled() or f.exception(timeout=0) is not None
+        assert wait_until(lambda: not any(pid_alive(p) for p in pids), 10)
+        with pytest.raises(RuntimeError):
+            ex.submit(_tasks.square, 1)
+    finally:
+        release(gate)
+        ex.shutdown(wait=True)
