@@ -45,7 +45,17 @@ def load_impl(impl: str) -> tuple[Callable[..., Any], Callable[..., Any], str]:
     if impl == "rpool":
         import rpool
 
-        return rpool.Pool, rpool.ProcessPoolExecutor, str(getattr(rpool, "__file__", "?"))
+        def missing(name: str) -> Callable[..., Any]:
+            def fail(*a: Any, **k: Any) -> Any:
+                raise SystemExit(f"rpool ({rpool.__file__}) has no {name} yet")
+
+            return fail
+
+        return (
+            getattr(rpool, "Pool", None) or missing("Pool"),
+            getattr(rpool, "ProcessPoolExecutor", None) or missing("ProcessPoolExecutor"),
+            str(getattr(rpool, "__file__", "?")),
+        )
     raise SystemExit(f"unknown impl {impl!r} (expected stdlib or rpool)")
 
 
