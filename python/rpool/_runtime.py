@@ -28,7 +28,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from rpool import _rpool
-from rpool._remote import PROTOCOL
+from rpool._remote import PROTOCOL, InitializerError, rebuild_exception
 from rpool._worker import worker_main
 
 # Task kinds understood by the native core.
@@ -90,7 +90,7 @@ class Runtime:
     ) -> None:
         self.processes = processes
         self.front = front
-        self.core = _rpool.Core(retries, max_tasks)
+        self.core = _rpool.Core(processes, retries, max_tasks)
         self._ctx = ctx
         self._initializer = initializer
         self._initargs = tuple(initargs)
@@ -137,7 +137,13 @@ class Runtime:
                 f"{self._owner_pid} and cannot be used in a child made by os.fork(); "
                 "create a new pool in the child"
             )
-        self.core.check_running()
+        try:
+            self.core.check_running()
+        except InitializerError as exc:
+            payload = self.core.broken_payload()
+            if payload is not None:
+                exc.__cause__ = rebuild_exception(payload, self.front)
+            raise
 
     @property
     def forked_away(self) -> bool:

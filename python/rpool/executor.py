@@ -13,13 +13,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from concurrent.futures import _base
-from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.context import BaseContext
 from typing import Any
 
 from rpool import _rpool
 from rpool._mapping import IMapIterator, check_chunksize
-from rpool._remote import FRONT_EXECUTOR, PROTOCOL, InitializerError
+from rpool._remote import FRONT_EXECUTOR, PROTOCOL
 from rpool._runtime import KIND_CALL, KIND_STARMAP, Runtime
 from rpool.pool import describe_unpicklable
 
@@ -83,7 +82,11 @@ class RpoolFuture(futures.Future):  # type: ignore[type-arg]
             if pending is not None:
                 pending.pop(handle.task_id, None)
             self._rpool_handle = None
-            return super().cancel()
+            cancelled = super().cancel()
+            # What an executor does when it skips a cancelled work item: waiters in
+            # `wait`/`as_completed` see it as done.
+            self.set_running_or_notify_cancel()
+            return cancelled
         with self._condition:
             return self._state in (_base.CANCELLED, _base.CANCELLED_AND_NOTIFIED)
 
@@ -163,32 +166,45 @@ class ProcessPoolExecutor(futures.Executor):
         self._shutdown_thread = False
         self._shutdown_lock = threading.Lock()
         self._feeders: list[threading.Thread] = []
-        self._runtime = Runtime(
-            processes=max_workers,
-            initializer=initializer,
-            initargs=tuple(initargs),
-            max_tasks=max_tasks_per_child,
-            ctx=mp_context,
-            retries=retries,
-            front=FRONT_EXECUTOR,
-            daemon=False,
-            worker_label="Process",
-        )
-        self._runtime.graceful_exit = True
+        self._initializer = initializer
+        self._initargs = tuple(initargs)
+        self._max_tasks_per_child = max_tasks_per_child
+        self._retries = retries
+
+    def _start_runtime(self) -> Runtime:
+        """Starts the workers on first use, as the stdlib executor does."""
+        with self._shutdown_lock:
+            if self._shutdown_thread:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if self._runtime is None:
+                runtime = Runtime(
+                    processes=self._max_workers,
+                    initializer=self._initializer,
+                    initargs=self._initargs,
+                    max_tasks=self._max_tasks_per_child,
+                    ctx=self._mp_context,
+                    retries=self._retries,
+                    front=FRONT_EXECUTOR,
+                    daemon=False,
+                    worker_label="Process",
+                )
+                runtime.graceful_exit = True
+                self._runtime = runtime
+            return self._runtime
 
     def _live_runtime(self) -> Runtime:
         runtime = self._runtime
+        fresh = runtime is None
         if runtime is None:
-            raise RuntimeError("cannot schedule new futures after shutdown")
-        payload = runtime.core.broken_payload()
-        if payload is not None:
-            raise _broken_error(runtime)
+            runtime = self._start_runtime()
+        # The call that starts the workers is accepted even if they break at once; its future
+        # carries the failure (as in the stdlib, which starts workers on first submit).
+        if not fresh and runtime.core.broken_payload() is not None:
+            runtime.check_usable()  # raises InitializerError with the initializer's exception
         if self._shutdown_thread:
             raise RuntimeError("cannot schedule new futures after shutdown")
         try:
             runtime.check_usable()
-        except BrokenProcessPool:
-            raise
         except ValueError:
             raise RuntimeError("cannot schedule new futures after shutdown") from None
         return runtime
@@ -338,15 +354,3 @@ def _close_after(runtime: Runtime, feeders: list[threading.Thread]) -> None:
         feeder.join()
     runtime.close()
 
-
-def _broken_error(runtime: Runtime) -> BrokenProcessPool:
-    payload = runtime.core.broken_payload()
-    error = InitializerError(
-        "A child process terminated abruptly, the process pool is not usable anymore "
-        "(its initializer raised)"
-    )
-    if payload is not None:
-        from rpool._remote import rebuild_exception
-
-        error.__cause__ = rebuild_exception(payload, FRONT_EXECUTOR)
-    return error

@@ -15,7 +15,7 @@ from typing import Any
 
 from rpool import _rpool
 from rpool._mapping import IMapIterator, MapResult, check_chunksize, pickle_chunk, split_chunks
-from rpool._remote import FRONT_POOL, PROTOCOL
+from rpool._remote import FRONT_POOL, PROTOCOL, InitializerError
 from rpool._runtime import KIND_CALL, KIND_MAP, KIND_STARMAP, CallbackEntry, Runtime
 
 RUN = "RUN"
@@ -154,7 +154,13 @@ class Pool:
         ``timeout`` (keyword-only extension): seconds the task may run; past it the worker is
         killed and replaced and the task fails with `rpool.TaskTimeoutError`.
         """
-        runtime = self._live_runtime()
+        try:
+            runtime = self._live_runtime()
+        except InitializerError as exc:
+            # A broken pool fails its results (the stdlib would hang), like any task failure.
+            if error_callback is not None:
+                error_callback(exc)
+            return _FailedResult(exc)
         if type(args) is not tuple:
             args = tuple(args)
         if kwds is not None and type(kwds) is not dict:
@@ -188,14 +194,18 @@ class Pool:
         error_callback: Callable[[BaseException], object] | None,
         task_timeout: float | None,
     ) -> MapResult:
-        runtime = self._live_runtime()
+        result = MapResult(callback, error_callback)
+        try:
+            runtime = self._live_runtime()
+        except InitializerError as exc:
+            result._fail_now(exc)
+            return result
         check_chunksize(chunksize)
         if not hasattr(iterable, "__len__"):
             iterable = list(iterable)
         length = len(iterable)  # type: ignore[arg-type]
         if chunksize is None:
             chunksize = _rpool.default_chunksize(length, self._processes)
-        result = MapResult(callback, error_callback)
         func_id = runtime.func_id(func)
         chunks = list(split_chunks(iterable, chunksize))
         try:
@@ -334,7 +344,8 @@ class Pool:
             runtime.join()
 
     def __enter__(self) -> Pool:
-        self._live_runtime()
+        if self._state != RUN:
+            raise ValueError("Pool not running")
         return self
 
     def __exit__(

@@ -34,7 +34,10 @@ impl Default for AdaptiveChunker {
 
 impl AdaptiveChunker {
     pub fn new() -> Self {
-        Self { next: 1, per_item_ns: None }
+        Self {
+            next: 1,
+            per_item_ns: None,
+        }
     }
 
     /// Size of the next chunk to send.

@@ -27,6 +27,11 @@ const PREFETCH_BUDGET_NS: f64 = 2_000_000.0;
 /// Upper bound on tasks held by one worker (bounds the work lost or requeued when it dies).
 const MAX_IN_FLIGHT: usize = 512;
 
+/// A running task counts as slow once it has taken this many times the worker's average task
+/// time (and at least `SLOW_FRONT_MIN`); no more tasks are queued behind a slow task.
+const SLOW_FRONT_FACTOR: f64 = 10.0;
+const SLOW_FRONT_MIN: Duration = Duration::from_millis(2);
+
 /// Bytes read per `read` call at least; a burst of small results arrives in one call.
 const READ_CHUNK: usize = 256 * 1024;
 
@@ -57,6 +62,8 @@ struct Worker {
     front_started: Option<Instant>,
     timed_out: Option<(TaskId, Duration)>,
     exited: bool,
+    /// A shutdown frame is queued; the task pipe closes once it is written.
+    releasing: bool,
     tasks_done: u64,
     busy_ns: u64,
 }
@@ -82,6 +89,7 @@ impl Worker {
             front_started: None,
             timed_out: None,
             exited: false,
+            releasing: false,
             tasks_done: 0,
             busy_ns: 0,
         }
@@ -97,11 +105,29 @@ impl Worker {
         }
     }
 
-    fn accepts_tasks(&self, quota: Option<u64>) -> bool {
-        self.task_pipe.is_some()
-            && !self.exited
-            && quota.is_none_or(|q| self.assigned < q)
-            && self.in_flight.len() < self.room()
+    /// Whether this worker should get another task now. An idle worker always may. A busy one
+    /// only gets tasks queued behind its current one when the queue is deep (so no other worker
+    /// will want them soon) and its current task is not already running long: a task waiting
+    /// behind a slow one in a pipe cannot be taken back.
+    fn accepts_tasks(&self, quota: Option<u64>, queue_len: usize, target_workers: usize) -> bool {
+        if self.task_pipe.is_none()
+            || self.exited
+            || self.releasing
+            || quota.is_some_and(|q| self.assigned >= q)
+        {
+            return false;
+        }
+        if self.in_flight.is_empty() {
+            return true;
+        }
+        if queue_len < target_workers || self.in_flight.len() >= self.room() {
+            return false;
+        }
+        let expected_ns = self.task_ns_ewma.unwrap_or(0.0);
+        let patience =
+            Duration::from_nanos((expected_ns * SLOW_FRONT_FACTOR) as u64).max(SLOW_FRONT_MIN);
+        self.front_started
+            .is_none_or(|started| started.elapsed() < patience)
     }
 
     fn record_task_time(&mut self, ns: u64) {
@@ -196,7 +222,8 @@ impl IoLoop {
             Command::AddWorker(id, spec) => {
                 let mut worker = Worker::new(id, spec);
                 if self.released {
-                    worker.task_pipe = None;
+                    encode_frame(&mut worker.out, FrameKind::Shutdown, 0, 0, b"");
+                    worker.releasing = true;
                 }
                 self.workers.push(worker);
             }
@@ -223,10 +250,16 @@ impl IoLoop {
 
     /// The outcome for tasks arriving at a pool that no longer runs them.
     fn refusal(&self) -> Outcome {
-        match self.shared.broken_payload.lock().clone() {
-            Some(payload) => Outcome::InitFailed(payload),
-            None => Outcome::Terminated,
+        if let Some(payload) = self.shared.broken_payload.lock().clone() {
+            return Outcome::InitFailed(payload);
         }
+        if self.shared.startup_failure.lock().is_some() {
+            return Outcome::StartupFailed {
+                exitcode: None,
+                attempts: self.startup_failures,
+            };
+        }
+        Outcome::Terminated
     }
 
     fn finish_task(&mut self, task: Task, outcome: Outcome, elapsed_ns: u64) {
@@ -260,6 +293,7 @@ impl IoLoop {
             return;
         }
         let quota = self.shared.config.max_tasks_per_worker;
+        let target_workers = self.shared.config.workers.max(1);
         while let Some(front) = self.queue.front() {
             // Cancelled (or otherwise finished) tasks leave the queue without a worker.
             match front.slot.phase() {
@@ -273,15 +307,18 @@ impl IoLoop {
                     continue;
                 }
             }
+            let queue_len = self.queue.len();
             let choice = self
                 .workers
                 .iter()
                 .enumerate()
-                .filter(|(_, w)| w.accepts_tasks(quota))
+                .filter(|(_, w)| w.accepts_tasks(quota, queue_len, target_workers))
                 .min_by_key(|(_, w)| w.in_flight.len())
                 .map(|(index, _)| index);
             let Some(index) = choice else { break };
-            let Some(task) = self.queue.pop_front() else { break };
+            let Some(task) = self.queue.pop_front() else {
+                break;
+            };
             if task.slot.phase() == Phase::Queued && !task.slot.start() {
                 // Cancelled between the phase check and now.
                 self.shared.outstanding.fetch_sub(1, Ordering::SeqCst);
@@ -291,13 +328,25 @@ impl IoLoop {
             let func_id = match &task.func {
                 Some(func) => {
                     if worker.known_funcs.insert(func.id) {
-                        encode_frame(&mut worker.out, FrameKind::DefineFunc, func.id.0, 0, &func.pickled);
+                        encode_frame(
+                            &mut worker.out,
+                            FrameKind::DefineFunc,
+                            func.id.0,
+                            0,
+                            &func.pickled,
+                        );
                     }
                     func.id.0
                 }
                 None => FuncId::INLINE.0,
             };
-            encode_frame(&mut worker.out, task.kind, task.slot.id.0, func_id, &task.payload);
+            encode_frame(
+                &mut worker.out,
+                task.kind,
+                task.slot.id.0,
+                func_id,
+                &task.payload,
+            );
             worker.assigned += 1;
             if worker.in_flight.is_empty() && worker.ready {
                 worker.front_started = Some(Instant::now());
@@ -328,6 +377,9 @@ impl IoLoop {
         }
         worker.out.clear();
         worker.out_pos = 0;
+        if worker.releasing {
+            worker.task_pipe = None;
+        }
         if worker.out.capacity() > 4 << 20 {
             worker.out.shrink_to(64 << 10);
         }
@@ -339,12 +391,19 @@ impl IoLoop {
         if !self.closing || self.released || !self.queue.is_empty() {
             return;
         }
-        if self.workers.iter().any(|w| !w.in_flight.is_empty() || w.out_pos < w.out.len()) {
+        if self
+            .workers
+            .iter()
+            .any(|w| !w.in_flight.is_empty() || w.out_pos < w.out.len())
+        {
             return;
         }
         self.released = true;
         for worker in &mut self.workers {
-            worker.task_pipe = None;
+            // An explicit frame, not just end-of-file: under fork, workers started later may
+            // hold copies of this pipe's write end, so EOF alone might never arrive.
+            encode_frame(&mut worker.out, FrameKind::Shutdown, 0, 0, b"");
+            worker.releasing = true;
         }
     }
 
@@ -439,7 +498,9 @@ impl IoLoop {
     fn read_results(&mut self, index: usize) {
         loop {
             let worker = &mut self.workers[index];
-            let Some(pipe) = worker.result_pipe.as_ref() else { return };
+            let Some(pipe) = worker.result_pipe.as_ref() else {
+                return;
+            };
             let fd = pipe.as_raw_fd();
             let space = worker.reader.spare(READ_CHUNK);
             match posix::read(fd, space) {
@@ -489,7 +550,9 @@ impl IoLoop {
                         self.protocol_failure(index, &msg);
                         return;
                     }
-                    let Some(task) = worker.in_flight.pop_front() else { return };
+                    let Some(task) = worker.in_flight.pop_front() else {
+                        return;
+                    };
                     worker.record_task_time(frame.aux);
                     worker.front_started = if worker.in_flight.is_empty() {
                         None
@@ -546,11 +609,16 @@ impl IoLoop {
         worker.sentinel = None;
         worker.out.clear();
         worker.out_pos = 0;
-        self.shared.push_event(Event::WorkerDied { worker: worker.id, pid: worker.pid });
+        self.shared.push_event(Event::WorkerDied {
+            worker: worker.id,
+            pid: worker.pid,
+        });
     }
 
     fn worker_exited(&mut self, id: WorkerId, exitcode: Option<i32>) {
-        let Some(index) = self.workers.iter().position(|w| w.id == id) else { return };
+        let Some(index) = self.workers.iter().position(|w| w.id == id) else {
+            return;
+        };
         if !self.workers[index].exited {
             self.process_exited(index);
         }
@@ -563,14 +631,26 @@ impl IoLoop {
         let mut requeue: Vec<Task> = Vec::new();
         if worker.ready {
             if let Some(mut running) = held.pop_front() {
-                let timed_out = worker.timed_out.filter(|(task, _)| *task == running.slot.id);
+                let timed_out = worker
+                    .timed_out
+                    .filter(|(task, _)| *task == running.slot.id);
                 if let Some((_, limit)) = timed_out {
-                    self.finish_task(running, Outcome::TaskTimeout { pid: worker.pid, limit }, 0);
+                    self.finish_task(
+                        running,
+                        Outcome::TaskTimeout {
+                            pid: worker.pid,
+                            limit,
+                        },
+                        0,
+                    );
                 } else if running.retries_left > 0 {
                     running.retries_left -= 1;
                     requeue.push(running);
                 } else {
-                    let lost = Outcome::WorkerLost { pid: worker.pid, exitcode };
+                    let lost = Outcome::WorkerLost {
+                        pid: worker.pid,
+                        exitcode,
+                    };
                     self.finish_task(running, lost, 0);
                 }
             }
@@ -578,7 +658,8 @@ impl IoLoop {
             self.startup_failures += 1;
             if self.startup_failures >= MAX_STARTUP_FAILURES {
                 let attempts = self.startup_failures;
-                self.shared.mark_startup_failed(startup_message(exitcode, attempts));
+                self.shared
+                    .mark_startup_failed(startup_message(exitcode, attempts));
                 requeue.extend(held.drain(..));
                 self.queue.extend(requeue.drain(..));
                 self.fail_everything(|| Outcome::StartupFailed { exitcode, attempts });
@@ -602,7 +683,9 @@ impl IoLoop {
             if worker.timed_out.is_some() || worker.exited {
                 continue;
             }
-            let Some(deadline) = front_deadline(worker) else { continue };
+            let Some(deadline) = front_deadline(worker) else {
+                continue;
+            };
             if now >= deadline {
                 if let Some(task) = worker.in_flight.front() {
                     let limit = task.timeout.unwrap_or_default();

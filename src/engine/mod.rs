@@ -134,15 +134,17 @@ pub struct EngineConfig {
     pub retries: u32,
     /// Tasks a worker runs before it exits and is replaced (`maxtasksperchild`).
     pub max_tasks_per_worker: Option<u64>,
+    /// How many workers the pool keeps running.
+    pub workers: usize,
 }
 
 /// State shared by API threads and the I/O thread.
 pub(crate) struct Shared {
     pub(crate) wake: WakeFd,
     pub(crate) waiters: Waiters,
-    state: AtomicU8,
-    broken_payload: Mutex<Option<Arc<Vec<u8>>>>,
-    startup_failure: Mutex<Option<String>>,
+    pub(crate) state: AtomicU8,
+    pub(crate) broken_payload: Mutex<Option<Arc<Vec<u8>>>>,
+    pub(crate) startup_failure: Mutex<Option<String>>,
     notices: Mutex<Vec<TaskId>>,
     notices_cond: Condvar,
     events: Mutex<VecDeque<Event>>,
@@ -223,7 +225,9 @@ impl Engine {
     }
 
     fn send(&self, command: Command) -> Result<(), PoolError> {
-        self.commands.send(command).map_err(|_| PoolError::NotRunning("shut down"))?;
+        self.commands
+            .send(command)
+            .map_err(|_| PoolError::NotRunning("shut down"))?;
         self.shared.wake.wake();
         Ok(())
     }
@@ -251,10 +255,15 @@ impl Engine {
         self.shared.broken_payload.lock().clone()
     }
 
-    /// Queues tasks and returns their slots in order.
+    /// Queues tasks and returns their slots in order. A broken pool accepts them and fails
+    /// them with the breaking error, so callers see it on the result.
     pub fn submit(&self, tasks: Vec<NewTask>) -> Result<Vec<Arc<TaskSlot>>, PoolError> {
-        self.check_running()?;
-        let first = self.next_task.fetch_add(tasks.len() as u64, Ordering::Relaxed);
+        if self.shared.state.load(Ordering::SeqCst) != STATE_BROKEN {
+            self.check_running()?;
+        }
+        let first = self
+            .next_task
+            .fetch_add(tasks.len() as u64, Ordering::Relaxed);
         let retries = self.shared.config.retries;
         let mut slots = Vec::with_capacity(tasks.len());
         let mut queued = Vec::with_capacity(tasks.len());
@@ -270,7 +279,9 @@ impl Engine {
                 retries_left: retries,
             });
         }
-        self.shared.outstanding.fetch_add(queued.len() as u64, Ordering::SeqCst);
+        self.shared
+            .outstanding
+            .fetch_add(queued.len() as u64, Ordering::SeqCst);
         self.send(Command::Submit(queued))?;
         Ok(slots)
     }
@@ -320,7 +331,12 @@ impl Engine {
         if self
             .shared
             .state
-            .compare_exchange(STATE_RUNNING, STATE_CLOSED, Ordering::SeqCst, Ordering::SeqCst)
+            .compare_exchange(
+                STATE_RUNNING,
+                STATE_CLOSED,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
             .is_ok()
         {
             let _ = self.send(Command::Close);

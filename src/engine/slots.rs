@@ -24,7 +24,10 @@ pub enum Outcome {
     /// The pool's initializer failed; payload = pickle of (exception, traceback text).
     InitFailed(Arc<Vec<u8>>),
     /// Workers keep dying before they finish starting.
-    StartupFailed { exitcode: Option<i32>, attempts: u32 },
+    StartupFailed {
+        exitcode: Option<i32>,
+        attempts: u32,
+    },
     /// The pool was terminated before the task finished.
     Terminated,
     /// The task was cancelled before it was dispatched.
@@ -89,7 +92,12 @@ impl TaskSlot {
     /// Queued → Running; false if the task was cancelled (or already finished) meanwhile.
     pub(crate) fn start(&self) -> bool {
         self.phase
-            .compare_exchange(PHASE_QUEUED, PHASE_RUNNING, Ordering::SeqCst, Ordering::SeqCst)
+            .compare_exchange(
+                PHASE_QUEUED,
+                PHASE_RUNNING,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
             .is_ok()
     }
 
@@ -116,7 +124,12 @@ impl TaskSlot {
     pub fn cancel(&self) -> bool {
         if self
             .phase
-            .compare_exchange(PHASE_QUEUED, PHASE_ARRIVED, Ordering::SeqCst, Ordering::SeqCst)
+            .compare_exchange(
+                PHASE_QUEUED,
+                PHASE_ARRIVED,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
             .is_err()
         {
             return false;

@@ -16,7 +16,10 @@ fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
 /// Takes ownership of a file descriptor handed over from Python (which gave up its own claim).
 pub(crate) fn own_fd(fd: RawFd) -> io::Result<OwnedFd> {
     if fd < 0 {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "negative file descriptor"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "negative file descriptor",
+        ));
     }
     // SAFETY: F_GETFD only inspects the descriptor table entry; it fails with EBADF for a closed fd.
     check(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
@@ -29,8 +32,11 @@ pub(crate) fn set_nonblocking(fd: &OwnedFd, nonblocking: bool) -> io::Result<()>
     let raw = fd.as_raw_fd();
     // SAFETY: `raw` is a valid open descriptor borrowed from `fd` for the duration of the call.
     let flags = check(unsafe { libc::fcntl(raw, libc::F_GETFL) })?;
-    let wanted =
-        if nonblocking { flags | libc::O_NONBLOCK } else { flags & !libc::O_NONBLOCK };
+    let wanted = if nonblocking {
+        flags | libc::O_NONBLOCK
+    } else {
+        flags & !libc::O_NONBLOCK
+    };
     if wanted != flags {
         // SAFETY: as above; F_SETFL with flags derived from F_GETFL.
         check(unsafe { libc::fcntl(raw, libc::F_SETFL, wanted) })?;
@@ -73,7 +79,10 @@ pub(crate) fn write_all(fd: RawFd, mut buf: &[u8]) -> io::Result<()> {
     while !buf.is_empty() {
         let n = write(fd, buf)?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::WriteZero, "pipe accepted no bytes"));
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "pipe accepted no bytes",
+            ));
         }
         buf = &buf[n..];
     }
@@ -89,7 +98,11 @@ pub(crate) const POLLERR: i16 = libc::POLLERR;
 pub(crate) const POLLNVAL: i16 = libc::POLLNVAL;
 
 pub(crate) fn poll_fd(fd: RawFd, events: i16) -> PollFd {
-    libc::pollfd { fd, events, revents: 0 }
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
 }
 
 /// `poll(2)` with a millisecond timeout (-1 = forever); EINTR counts as "nothing ready".
@@ -116,7 +129,9 @@ impl WakeFd {
         // SAFETY: eventfd has no pointer arguments; the result is checked before use.
         let raw = check(unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) })?;
         // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-        Ok(Self { fd: unsafe { OwnedFd::from_raw_fd(raw) } })
+        Ok(Self {
+            fd: unsafe { OwnedFd::from_raw_fd(raw) },
+        })
     }
 
     pub(crate) fn raw(&self) -> RawFd {
@@ -138,7 +153,10 @@ impl WakeFd {
 /// Sends `signal` to process `pid`; a process that is already gone is not an error.
 pub(crate) fn kill(pid: i32, signal: i32) -> io::Result<()> {
     if pid <= 0 {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "refusing to signal pid <= 0"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "refusing to signal pid <= 0",
+        ));
     }
     // SAFETY: kill has no pointer arguments; pid > 0 targets exactly one process.
     match check(unsafe { libc::kill(pid, signal) }) {
@@ -167,15 +185,6 @@ pub(crate) fn current_pid() -> i32 {
 pub(crate) fn exit_now(code: i32) -> ! {
     // SAFETY: _exit never returns and has no preconditions.
     unsafe { libc::_exit(code) }
-}
-
-/// Closes a raw descriptor number inherited through `fork` that this process must not hold.
-pub(crate) fn close_inherited(fd: RawFd) {
-    if fd >= 0 {
-        // SAFETY: the caller names a descriptor that belongs to the parent's pool state and that
-        // nothing in this freshly forked worker uses; closing it only drops that reference.
-        unsafe { libc::close(fd) };
-    }
 }
 
 #[cfg(test)]

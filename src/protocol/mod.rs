@@ -52,6 +52,8 @@ pub enum FrameKind {
     StarMap = 3,
     /// Cache a callable under `id`; payload = pickle(func).
     DefineFunc = 4,
+    /// Finish: the pool is closing and this worker will get no more tasks.
+    Shutdown = 5,
     /// Worker finished its initializer and waits for tasks; aux = pid.
     Ready = 10,
     /// Task `id` succeeded; payload = pickled value; aux = compute time in ns.
@@ -70,6 +72,7 @@ impl FrameKind {
             2 => Self::Map,
             3 => Self::StarMap,
             4 => Self::DefineFunc,
+            5 => Self::Shutdown,
             10 => Self::Ready,
             11 => Self::Ok,
             12 => Self::Err,
@@ -91,7 +94,10 @@ impl fmt::Display for ProtocolError {
         match self {
             Self::UnknownKind(kind) => write!(f, "unknown frame kind {kind}"),
             Self::Oversized(len) => {
-                write!(f, "frame length {len} exceeds the limit of {MAX_PAYLOAD} bytes")
+                write!(
+                    f,
+                    "frame length {len} exceeds the limit of {MAX_PAYLOAD} bytes"
+                )
             }
         }
     }
@@ -140,7 +146,11 @@ impl Default for FrameReader {
 
 impl FrameReader {
     pub fn new() -> Self {
-        Self { buf: vec![0; INITIAL_READ_BUFFER], start: 0, end: 0 }
+        Self {
+            buf: vec![0; INITIAL_READ_BUFFER],
+            start: 0,
+            end: 0,
+        }
     }
 
     /// Writable space at the end of the buffer, at least `min` bytes and enough to hold the
@@ -205,7 +215,12 @@ impl FrameReader {
             self.start = 0;
             self.end = 0;
         }
-        Ok(Some(Frame { kind, id, aux, payload }))
+        Ok(Some(Frame {
+            kind,
+            id,
+            aux,
+            payload,
+        }))
     }
 }
 
@@ -235,7 +250,10 @@ mod tests {
         assert_eq!((first.kind, first.id, first.aux), (FrameKind::Call, 1, 7));
         assert_eq!(first.payload, b"abc");
         let second = reader.next_frame().unwrap().unwrap();
-        assert_eq!((second.kind, second.id, second.payload.len()), (FrameKind::Ok, 2, 0));
+        assert_eq!(
+            (second.kind, second.id, second.payload.len()),
+            (FrameKind::Ok, 2, 0)
+        );
         assert!(reader.next_frame().unwrap().is_none());
         assert!(reader.is_empty());
     }
@@ -279,7 +297,10 @@ mod tests {
         let mut bad = (MAX_PAYLOAD + 1).to_le_bytes().to_vec();
         bad.extend([11u8; 17]);
         reader.feed(&bad);
-        assert_eq!(reader.next_frame(), Err(ProtocolError::Oversized(MAX_PAYLOAD + 1)));
+        assert_eq!(
+            reader.next_frame(),
+            Err(ProtocolError::Oversized(MAX_PAYLOAD + 1))
+        );
 
         let mut reader = FrameReader::new();
         let mut unknown = frame(FrameKind::Ok, 1, 0, b"");

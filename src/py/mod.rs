@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use pyo3::exceptions::{PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList};
@@ -29,20 +29,24 @@ pyo3::import_exception!(multiprocessing, TimeoutError);
 
 /// Converts a user-supplied timeout in seconds into a deadline (`None` = wait forever).
 fn deadline_from(timeout: Option<f64>) -> PyResult<Option<Instant>> {
-    let Some(seconds) = timeout else { return Ok(None) };
+    let Some(seconds) = timeout else {
+        return Ok(None);
+    };
     if seconds.is_nan() {
         return Err(PyValueError::new_err("timeout must be a number, not NaN"));
     }
     let seconds = seconds.max(0.0);
-    Ok(Duration::try_from_secs_f64(seconds).ok().and_then(|d| Instant::now().checked_add(d)))
+    Ok(Duration::try_from_secs_f64(seconds)
+        .ok()
+        .and_then(|d| Instant::now().checked_add(d)))
 }
 
 fn duration_from(seconds: Option<f64>, what: &str) -> PyResult<Option<Duration>> {
     match seconds {
         None => Ok(None),
-        Some(s) if s.is_nan() || s <= 0.0 => {
-            Err(PyValueError::new_err(format!("{what} must be a positive number of seconds, got {s}")))
-        }
+        Some(s) if s.is_nan() || s <= 0.0 => Err(PyValueError::new_err(format!(
+            "{what} must be a positive number of seconds, got {s}"
+        ))),
         Some(s) => Ok(Duration::try_from_secs_f64(s).ok()),
     }
 }
@@ -111,13 +115,21 @@ impl Core {
             .get(&func_id)
             .cloned()
             .ok_or_else(|| PyValueError::new_err(format!("unknown function id {func_id}")))?;
-        Ok(Some(FuncDef { id: FuncId(func_id), pickled }))
+        Ok(Some(FuncDef {
+            id: FuncId(func_id),
+            pickled,
+        }))
     }
 
     fn handles(&self, slots: Vec<Arc<TaskSlot>>, front: u8) -> Vec<AsyncResult> {
         slots
             .into_iter()
-            .map(|slot| AsyncResult { slot, engine: self.engine.clone(), front, decoded: PyOnceLock::new() })
+            .map(|slot| AsyncResult {
+                slot,
+                engine: self.engine.clone(),
+                front,
+                decoded: PyOnceLock::new(),
+            })
             .collect()
     }
 }
@@ -125,13 +137,23 @@ impl Core {
 #[pymethods]
 impl Core {
     #[new]
-    #[pyo3(signature = (retries=0, max_tasks_per_worker=None))]
-    fn new(retries: u32, max_tasks_per_worker: Option<u64>) -> PyResult<Self> {
+    #[pyo3(signature = (workers, retries=0, max_tasks_per_worker=None))]
+    fn new(workers: usize, retries: u32, max_tasks_per_worker: Option<u64>) -> PyResult<Self> {
         if max_tasks_per_worker == Some(0) {
-            return Err(PyValueError::new_err("max tasks per worker must be at least 1"));
+            return Err(PyValueError::new_err(
+                "max tasks per worker must be at least 1",
+            ));
         }
-        let engine = Engine::start(EngineConfig { retries, max_tasks_per_worker })?;
-        Ok(Self { engine: Arc::new(engine), funcs: Mutex::new(HashMap::new()), next_func: AtomicU64::new(1) })
+        let engine = Engine::start(EngineConfig {
+            retries,
+            max_tasks_per_worker,
+            workers,
+        })?;
+        Ok(Self {
+            engine: Arc::new(engine),
+            funcs: Mutex::new(HashMap::new()),
+            next_func: AtomicU64::new(1),
+        })
     }
 
     /// Stores a pickled callable that tasks refer to by the returned id.
@@ -160,7 +182,9 @@ impl Core {
             timeout: duration_from(timeout, "timeout")?,
         };
         let mut handles = self.handles(self.engine.submit(vec![task])?, front);
-        handles.pop().ok_or_else(|| PoolError::InvalidArgument("no task queued".into()).into())
+        handles
+            .pop()
+            .ok_or_else(|| PoolError::InvalidArgument("no task queued".into()).into())
     }
 
     /// Queues many tasks of one kind at once (one hand-off, one wake-up).
@@ -179,13 +203,25 @@ impl Core {
         let timeout = duration_from(timeout, "timeout")?;
         let tasks = payloads
             .iter()
-            .map(|p| NewTask { kind, func: func.clone(), payload: p.as_bytes().to_vec(), notify, timeout })
+            .map(|p| NewTask {
+                kind,
+                func: func.clone(),
+                payload: p.as_bytes().to_vec(),
+                notify,
+                timeout,
+            })
             .collect();
         Ok(self.handles(self.engine.submit(tasks)?, front))
     }
 
     /// Hands a started worker to the engine. Takes ownership of all three descriptors.
-    fn add_worker(&self, pid: i32, task_fd: RawFd, result_fd: RawFd, sentinel_fd: RawFd) -> PyResult<u64> {
+    fn add_worker(
+        &self,
+        pid: i32,
+        task_fd: RawFd,
+        result_fd: RawFd,
+        sentinel_fd: RawFd,
+    ) -> PyResult<u64> {
         let spec = WorkerSpec {
             pid,
             task_pipe: posix::own_fd(task_fd).map_err(PoolError::from)?,
@@ -206,17 +242,21 @@ impl Core {
     fn next_event(&self, py: Python<'_>, timeout: f64) -> Option<(&'static str, u64, i32)> {
         let wait = Duration::try_from_secs_f64(timeout.max(0.0)).unwrap_or(SIGNAL_CHECK_INTERVAL);
         let engine = self.engine.clone();
-        py.detach(move || engine.next_event(wait)).map(|event| match event {
-            Event::WorkerDied { worker, pid } => ("died", worker.0, pid),
-            Event::InitFailed { worker } => ("init_failed", worker.0, 0),
-        })
+        py.detach(move || engine.next_event(wait))
+            .map(|event| match event {
+                Event::WorkerDied { worker, pid } => ("died", worker.0, pid),
+                Event::InitFailed { worker } => ("init_failed", worker.0, 0),
+            })
     }
 
     /// Ids of completed `notify` tasks, waiting up to `timeout` seconds for the first one.
     fn take_notices(&self, py: Python<'_>, timeout: f64) -> Vec<u64> {
         let wait = Duration::try_from_secs_f64(timeout.max(0.0)).unwrap_or(SIGNAL_CHECK_INTERVAL);
         let engine = self.engine.clone();
-        py.detach(move || engine.take_notices(wait)).into_iter().map(|id| id.0).collect()
+        py.detach(move || engine.take_notices(wait))
+            .into_iter()
+            .map(|id| id.0)
+            .collect()
     }
 
     /// Wakes threads waiting on results (after callbacks published a batch).
@@ -297,46 +337,98 @@ impl AsyncResult {
     /// Turns the stored outcome into (succeeded, value or exception) once.
     fn decode<'py>(&self, py: Python<'py>) -> PyResult<&(bool, Py<PyAny>)> {
         self.decoded.get_or_try_init(py, || {
-            let outcome = self.slot.take_outcome().ok_or_else(|| {
-                PyValueError::new_err("result is not ready")
-            })?;
+            let outcome = self
+                .slot
+                .take_outcome()
+                .ok_or_else(|| PyValueError::new_err("result is not ready"))?;
             let factory = failure_factory(py)?;
             let front = self.front;
             let (ok, value) = match outcome {
                 Outcome::Value(bytes) => (true, loads(py)?.call1((PyBytes::new(py, &bytes),))?),
-                Outcome::TaskError(bytes) => {
-                    (false, factory.call1(("error", PyBytes::new(py, &bytes), front, 0, None::<i32>, 0.0))?)
-                }
-                Outcome::WorkerLost { pid, exitcode } => {
-                    (false, factory.call1(("lost", py.None(), front, pid, exitcode, 0.0))?)
-                }
-                Outcome::TaskTimeout { pid, limit } => {
-                    (false, factory.call1(("timeout", py.None(), front, pid, None::<i32>, limit.as_secs_f64()))?)
-                }
-                Outcome::InitFailed(bytes) => {
-                    (false, factory.call1(("init", PyBytes::new(py, &bytes), front, 0, None::<i32>, 0.0))?)
-                }
+                Outcome::TaskError(bytes) => (
+                    false,
+                    factory.call1((
+                        "error",
+                        PyBytes::new(py, &bytes),
+                        front,
+                        0,
+                        None::<i32>,
+                        0.0,
+                    ))?,
+                ),
+                Outcome::WorkerLost { pid, exitcode } => (
+                    false,
+                    factory.call1(("lost", py.None(), front, pid, exitcode, 0.0))?,
+                ),
+                Outcome::TaskTimeout { pid, limit } => (
+                    false,
+                    factory.call1((
+                        "timeout",
+                        py.None(),
+                        front,
+                        pid,
+                        None::<i32>,
+                        limit.as_secs_f64(),
+                    ))?,
+                ),
+                Outcome::InitFailed(bytes) => (
+                    false,
+                    factory.call1((
+                        "init",
+                        PyBytes::new(py, &bytes),
+                        front,
+                        0,
+                        None::<i32>,
+                        0.0,
+                    ))?,
+                ),
                 Outcome::StartupFailed { exitcode, attempts } => (
                     false,
                     factory.call1(("startup", py.None(), front, attempts as i32, exitcode, 0.0))?,
                 ),
-                Outcome::Terminated => (false, factory.call1(("terminated", py.None(), front, 0, None::<i32>, 0.0))?),
-                Outcome::Cancelled => (false, factory.call1(("cancelled", py.None(), front, 0, None::<i32>, 0.0))?),
+                Outcome::Terminated => (
+                    false,
+                    factory.call1(("terminated", py.None(), front, 0, None::<i32>, 0.0))?,
+                ),
+                Outcome::Cancelled => (
+                    false,
+                    factory.call1(("cancelled", py.None(), front, 0, None::<i32>, 0.0))?,
+                ),
                 Outcome::Protocol(message) => (
                     false,
-                    factory.call1(("protocol", PyBytes::new(py, message.as_bytes()), front, 0, None::<i32>, 0.0))?,
+                    factory.call1((
+                        "protocol",
+                        PyBytes::new(py, message.as_bytes()),
+                        front,
+                        0,
+                        None::<i32>,
+                        0.0,
+                    ))?,
                 ),
             };
             Ok::<_, PyErr>((ok, value.unbind()))
         })
     }
 
-    fn wait_until(&self, py: Python<'_>, timeout: Option<f64>, arrived_only: bool) -> PyResult<bool> {
+    fn wait_until(
+        &self,
+        py: Python<'_>,
+        timeout: Option<f64>,
+        arrived_only: bool,
+    ) -> PyResult<bool> {
         let deadline = deadline_from(timeout)?;
         let slot = &self.slot;
         let engine = &self.engine;
-        let done = || if arrived_only { matches!(slot.phase(), Phase::Arrived | Phase::Done) } else { slot.is_done() };
-        wait_detached(py, deadline, done, |slice| engine.wait_slot(slot, slice) || done())
+        let done = || {
+            if arrived_only {
+                matches!(slot.phase(), Phase::Arrived | Phase::Done)
+            } else {
+                slot.is_done()
+            }
+        };
+        wait_detached(py, deadline, done, |slice| {
+            engine.wait_slot(slot, slice) || done()
+        })
     }
 }
 
@@ -372,12 +464,17 @@ impl AsyncResult {
     /// Whether the task succeeded; `ValueError` if it is not ready yet.
     fn successful(&self, py: Python<'_>) -> PyResult<bool> {
         if !self.slot.is_done() {
-            return Err(PyValueError::new_err(format!("{:?} not ready", self.slot.id)));
+            return Err(PyValueError::new_err(format!(
+                "{:?} not ready",
+                self.slot.id
+            )));
         }
         if let Some((ok, _)) = self.decoded.get(py) {
             return Ok(*ok);
         }
-        Ok(self.slot.with_outcome(|o| matches!(o, Some(Outcome::Value(_)))))
+        Ok(self
+            .slot
+            .with_outcome(|o| matches!(o, Some(Outcome::Value(_)))))
     }
 
     /// Task id, unique within the pool.
@@ -428,7 +525,11 @@ impl AsyncResult {
     }
 
     fn __repr__(&self) -> String {
-        format!("<rpool.AsyncResult task={} {:?}>", self.slot.id.0, self.slot.phase())
+        format!(
+            "<rpool.AsyncResult task={} {:?}>",
+            self.slot.id.0,
+            self.slot.phase()
+        )
     }
 }
 
@@ -442,7 +543,9 @@ pub(crate) struct ChunkSizer {
 impl ChunkSizer {
     #[new]
     fn new() -> Self {
-        Self { inner: Mutex::new(AdaptiveChunker::new()) }
+        Self {
+            inner: Mutex::new(AdaptiveChunker::new()),
+        }
     }
 
     fn next_size(&self) -> usize {

@@ -33,13 +33,8 @@ const READ_CHUNK: usize = 256 * 1024;
 
 /// Sets up the worker's process-level safety nets. Call first thing in the worker.
 #[pyfunction]
-#[pyo3(signature = (task_fd, expected_parent, close_fds))]
-pub(crate) fn prepare_worker(task_fd: RawFd, expected_parent: i32, close_fds: Vec<RawFd>) -> PyResult<()> {
-    for fd in close_fds {
-        if fd != task_fd {
-            posix::close_inherited(fd);
-        }
-    }
+#[pyo3(signature = (task_fd, expected_parent))]
+pub(crate) fn prepare_worker(task_fd: RawFd, expected_parent: i32) -> PyResult<()> {
     posix::set_parent_death_signal(libc::SIGKILL).map_err(|e| PyOSError::new_err(e.to_string()))?;
     if expected_parent > 0 && posix::parent_pid() != expected_parent {
         // The parent died before the death signal was armed.
@@ -58,7 +53,9 @@ fn watch_parent(task_fd: RawFd) {
     loop {
         let mut set = [posix::poll_fd(task_fd, 0)];
         match posix::poll(&mut set, -1) {
-            Ok(_) if set[0].revents & (posix::POLLHUP | posix::POLLERR | posix::POLLNVAL) != 0 => break,
+            Ok(_) if set[0].revents & (posix::POLLHUP | posix::POLLERR | posix::POLLNVAL) != 0 => {
+                break
+            }
             Ok(_) => continue,
             Err(_) => return,
         }
@@ -117,14 +114,26 @@ pub(crate) fn worker_loop(
     let mut out = Vec::with_capacity(64 * 1024);
     let mut funcs: HashMap<u64, CachedFunc> = HashMap::new();
     let mut done: u64 = 0;
-    encode_frame(&mut out, FrameKind::Ready, 0, posix::current_pid() as u64, b"");
+    encode_frame(
+        &mut out,
+        FrameKind::Ready,
+        0,
+        posix::current_pid() as u64,
+        b"",
+    );
     flush(py, result_fd, &mut out).map_err(io_err)?;
     let mut oldest_unflushed: Option<Instant> = None;
     loop {
-        while let Some(frame) = reader.next_frame().map_err(|e| PyOSError::new_err(e.to_string()))? {
+        while let Some(frame) = reader
+            .next_frame()
+            .map_err(|e| PyOSError::new_err(e.to_string()))?
+        {
             match frame.kind {
                 FrameKind::DefineFunc => {
-                    let func = codec.loads.call1((PyBytes::new(py, &frame.payload),)).map(Bound::unbind);
+                    let func = codec
+                        .loads
+                        .call1((PyBytes::new(py, &frame.payload),))
+                        .map(Bound::unbind);
                     funcs.insert(frame.id, func);
                 }
                 FrameKind::Call | FrameKind::Map | FrameKind::StarMap => {
@@ -133,10 +142,17 @@ pub(crate) fn worker_loop(
                         oldest_unflushed = None;
                     }
                     let started = Instant::now();
-                    let (ok, payload) = run_task(py, &codec, &funcs, frame.kind, frame.aux, &frame.payload)?;
+                    let (ok, payload) =
+                        run_task(py, &codec, &funcs, frame.kind, frame.aux, &frame.payload)?;
                     let elapsed = started.elapsed();
                     let kind = if ok { FrameKind::Ok } else { FrameKind::Err };
-                    encode_frame(&mut out, kind, frame.id, elapsed.as_nanos() as u64, payload.as_bytes());
+                    encode_frame(
+                        &mut out,
+                        kind,
+                        frame.id,
+                        elapsed.as_nanos() as u64,
+                        payload.as_bytes(),
+                    );
                     oldest_unflushed.get_or_insert(started);
                     done += 1;
                     let finished = max_tasks.is_some_and(|limit| done >= limit);
@@ -148,8 +164,14 @@ pub(crate) fn worker_loop(
                         return Ok(());
                     }
                 }
+                FrameKind::Shutdown => {
+                    flush(py, result_fd, &mut out).map_err(io_err)?;
+                    return Ok(());
+                }
                 other => {
-                    return Err(PyOSError::new_err(format!("rpool worker got unexpected frame {other:?}")));
+                    return Err(PyOSError::new_err(format!(
+                        "rpool worker got unexpected frame {other:?}"
+                    )));
                 }
             }
         }
@@ -195,7 +217,9 @@ fn run_task<'py>(
     match codec.dumps.call1((&value,)) {
         Ok(bytes) => Ok((true, bytes.cast_into::<PyBytes>()?)),
         Err(err) => {
-            let encoded = codec.encode_result_error.call1((err.into_value(py), value))?;
+            let encoded = codec
+                .encode_result_error
+                .call1((err.into_value(py), value))?;
             Ok((false, encoded.cast_into::<PyBytes>()?))
         }
     }
@@ -223,7 +247,11 @@ fn call_task<'py>(
         let func = match funcs.get(&func_id) {
             Some(Ok(func)) => func.bind(py).clone(),
             Some(Err(err)) => return Err(err.clone_ref(py)),
-            None => return Err(PyKeyError::new_err(format!("rpool worker has no function {func_id}"))),
+            None => {
+                return Err(PyKeyError::new_err(format!(
+                    "rpool worker has no function {func_id}"
+                )))
+            }
         };
         (func, decoded)
     };
@@ -232,7 +260,11 @@ fn call_task<'py>(
             let pair = rest.cast_into::<PyTuple>()?;
             let args = pair.get_item(0)?.cast_into::<PyTuple>()?;
             let kwargs = pair.get_item(1)?;
-            let kwargs = if kwargs.is_none() { None } else { Some(kwargs.cast_into::<PyDict>()?) };
+            let kwargs = if kwargs.is_none() {
+                None
+            } else {
+                Some(kwargs.cast_into::<PyDict>()?)
+            };
             func.call(args, kwargs.as_ref())
         }
         FrameKind::Map => codec.run_map.call1((func, rest)),
