@@ -250,7 +250,7 @@ class IMapIterator(Iterator[Any]):
         deadline: float | None = None,
     ) -> None:
         if chunksize is None and hasattr(iterable, "__len__"):
-            chunksize = _rpool.default_chunksize(len(iterable), runtime.processes)
+            chunksize = _rpool.default_chunksize(len(iterable), runtime.processes)  # type: ignore[arg-type]
         if window is None:
             window = max(2, WINDOW_CHUNKS_PER_WORKER * runtime.processes)
         self._state = _LazyMapState(ordered, window)
@@ -270,9 +270,6 @@ class IMapIterator(Iterator[Any]):
 
     def __iter__(self) -> IMapIterator:
         return self
-
-    def __next__(self) -> Any:
-        return self.next()
 
     def next(self, timeout: float | None = None) -> Any:
         """Returns the next result, waiting at most `timeout` seconds."""
@@ -306,7 +303,7 @@ class IMapIterator(Iterator[Any]):
             return self._buffer.popleft()
         return self.next(timeout)
 
-    __next__ = next  # type: ignore[assignment]
+    __next__ = next
 
     def _take_chunk_locked(self) -> tuple[bool, Any] | None:
         state = self._state

@@ -15,7 +15,10 @@ import traceback
 from concurrent.futures import CancelledError
 from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
 from multiprocessing import TimeoutError as MpTimeoutError
-from multiprocessing.pool import MaybeEncodingError, RemoteTraceback
+from multiprocessing.pool import (  # type: ignore[attr-defined]
+    MaybeEncodingError,
+    RemoteTraceback,
+)
 from typing import Any
 
 __all__ = [
@@ -139,7 +142,9 @@ class WorkerCodec:
 
 
 def _remote_traceback(front: int, tb_text: str) -> BaseException:
-    return RemoteTraceback(tb_text) if front == FRONT_POOL else _RemoteTraceback(tb_text)
+    if front == FRONT_POOL:
+        return RemoteTraceback(tb_text)  # type: ignore[no-any-return]
+    return _RemoteTraceback(tb_text)  # type: ignore[arg-type]
 
 
 def rebuild_exception(payload: bytes, front: int) -> BaseException:
@@ -147,7 +152,9 @@ def rebuild_exception(payload: bytes, front: int) -> BaseException:
     try:
         exc, info = pickle.loads(payload)
     except Exception as err:
-        return RemoteError(type(err).__name__, f"the task's exception could not be unpickled: {err}")
+        return RemoteError(
+            type(err).__name__, f"the task's exception could not be unpickled: {err}"
+        )
     if exc is None:
         type_name, message, tb_text = info
         exc = RemoteError(type_name, message, tb_text)
@@ -170,7 +177,7 @@ def describe_exit(exitcode: int | None) -> str:
         name = signal.Signals(signum).name
     except ValueError:
         name = f"signal {signum}"
-    hints = {
+    hints: dict[int, str] = {
         signal.SIGKILL: " (killed: often the kernel's OOM killer, or a kill -9)",
         signal.SIGSEGV: " (segmentation fault, usually in native code)",
         signal.SIGABRT: " (aborted, usually by native code)",

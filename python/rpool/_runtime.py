@@ -183,7 +183,7 @@ class Runtime:
         child_result = Connection(result_write, readable=False)
         expected_parent = os.getpid() if self._start_method in ("fork", "spawn") else 0
         try:
-            proc = ctx.Process(
+            proc = ctx.Process(  # type: ignore[attr-defined]
                 target=worker_main,
                 args=(
                     child_task,
@@ -402,4 +402,3 @@ def _terminate_live_runtimes_at_exit() -> None:
 # Registered after multiprocessing's own exit hook, so it runs first (atexit is LIFO) and no
 # worker is left for multiprocessing to wait on.
 mp_util.Finalize(None, _terminate_live_runtimes_at_exit, exitpriority=100)
-

@@ -42,8 +42,8 @@ class RpoolFuture(futures.Future):  # type: ignore[type-arg]
         self._rpool_handle: Any = None
         self._rpool_pending: dict[int, Any] | None = None
 
-    @property  # type: ignore[override]
-    def _condition(self) -> threading.Condition:
+    @property
+    def _condition(self) -> threading.Condition:  # type: ignore[override]
         cond = self._rpool_cond
         if cond is None:
             with _CONDITION_LOCK:
@@ -64,7 +64,7 @@ class RpoolFuture(futures.Future):  # type: ignore[type-arg]
             self._result = result
             self._exception = exception
             self._state = _base.FINISHED
-        self._invoke_callbacks()
+        self._invoke_callbacks()  # type: ignore[attr-defined]
         return True
 
     def set_result(self, result: Any) -> None:
@@ -253,7 +253,7 @@ class ProcessPoolExecutor(futures.Executor):
         runtime.pending[handle.task_id] = future
         return future
 
-    def map(  # type: ignore[override]
+    def map(
         self,
         fn: Callable[..., Any],
         *iterables: Iterable[Any],
@@ -281,7 +281,7 @@ class ProcessPoolExecutor(futures.Executor):
         results = IMapIterator(
             runtime,
             fn,
-            zip(*iterables),
+            zip(*iterables),  # noqa: B905 - stops at the shortest input, like the stdlib
             kind=KIND_STARMAP,
             chunksize=chunksize,
             ordered=True,
@@ -353,4 +353,3 @@ def _close_after(runtime: Runtime, feeders: list[threading.Thread]) -> None:
     for feeder in feeders:
         feeder.join()
     runtime.close()
-

@@ -119,12 +119,11 @@ class Pool:
         return runtime
 
     def __reduce__(self) -> Any:
-        raise NotImplementedError(
-            "pool objects cannot be passed between processes or pickled"
-        )
+        raise NotImplementedError("pool objects cannot be passed between processes or pickled")
 
     def __repr__(self) -> str:
-        return f"<{type(self).__module__}.{type(self).__qualname__} state={self._state} pool_size={self._processes}>"
+        name = f"{type(self).__module__}.{type(self).__qualname__}"
+        return f"<{name} state={self._state} pool_size={self._processes}>"
 
     # --- single tasks ----------------------------------------------------------------------
 
