@@ -174,3 +174,52 @@ def raise_value_error_if_odd(x):
     if x % 2:
         raise ValueError("odd", x)
     return x
+
+
+# --- crash matrix: fail at a chosen stage of a task's round trip -----------------------
+
+
+class CrashError(Exception):
+    pass
+
+
+def crash_now(kind, stage):
+    """Fail the current process in one of four ways, naming `stage` where it can."""
+    if kind == "exception":
+        raise CrashError(f"crash during {stage}")
+    if kind == "systemexit":
+        raise SystemExit(7)
+    if kind == "os_exit":
+        os._exit(7)
+    if kind == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(30)
+    raise AssertionError(f"unknown crash kind {kind!r}")
+
+
+class CrashOnPickle:
+    """Fails when pickled (in whichever process pickles it)."""
+
+    def __init__(self, kind):
+        self.kind = kind
+
+    def __reduce__(self):
+        crash_now(self.kind, "pickle")
+
+
+class CrashOnUnpickle:
+    """Pickles fine; fails in whichever process unpickles it."""
+
+    def __init__(self, kind):
+        self.kind = kind
+
+    def __reduce__(self):
+        return crash_now, (self.kind, "unpickle")
+
+
+def return_crash_on_pickle(kind):
+    return CrashOnPickle(kind)
+
+
+def return_crash_on_unpickle(kind):
+    return CrashOnUnpickle(kind)

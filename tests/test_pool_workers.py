@@ -107,8 +107,10 @@ def test_active_children_include_workers(ctx, tmp_path):
 
 def test_failing_initializer_fails_tasks_with_initializer_error(ctx):
     with rpool.Pool(2, initializer=_tasks.failing_initializer, context=ctx) as pool:
-        result = pool.apply_async(_tasks.square, (2,))
+        # apply_async may raise at once if the pool is already known to be broken.
         with pytest.raises(rpool.InitializerError):
-            result.get(timeout=GET_TIMEOUT)
+            pool.apply_async(_tasks.square, (2,)).get(timeout=GET_TIMEOUT)
+        with pytest.raises(rpool.InitializerError):
+            pool.map(_tasks.square, range(3))
         with pytest.raises(rpool.InitializerError):
             pool.apply_async(_tasks.square, (3,)).get(timeout=GET_TIMEOUT)
