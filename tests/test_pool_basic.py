@@ -43,6 +43,18 @@ def test_map(pool):
     assert pool.map(_tasks.square, range(50)) == [i * i for i in range(50)]
 
 
+def test_result_types(pool):
+    applied = pool.apply_async(_tasks.square, (2,))
+    mapped = pool.map_async(_tasks.square, [1, 2])
+    starred = pool.starmap_async(_tasks.add, [(1, 2)])
+    assert isinstance(applied, rpool.AsyncResult)
+    assert isinstance(mapped, rpool.MapResult)
+    assert isinstance(starred, rpool.MapResult)
+    assert applied.get(timeout=GET_TIMEOUT) == 4
+    assert mapped.get(timeout=GET_TIMEOUT) == [1, 4]
+    assert starred.get(timeout=GET_TIMEOUT) == [3]
+
+
 def test_map_async(pool):
     result = pool.map_async(_tasks.square, range(20))
     assert result.get(timeout=GET_TIMEOUT) == [i * i for i in range(20)]
