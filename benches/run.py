@@ -1,6 +1,6 @@
 """rpool benchmark suite: rpool against the Python stdlib, 2 workers, same run.
 
-    python benches/run.py                 # everything (5 repetitions; ~8-15 min on 2 cores)
+    python benches/run.py                 # everything, 5 repetitions (~6-10 min on 2 cores)
     python benches/run.py --quick         # reduced set, 3 repetitions (< 2 min)
     python benches/run.py --only map,sweep --reps 7 --json out.json --plot /tmp/plots
 
@@ -204,8 +204,11 @@ def startup_rows(method: str, apis: list[str]) -> RowFn:
 # --------------------------------------------------------------------------- workloads
 
 
-def build_workloads(quick: bool, spin_n: int | None) -> list[Workload]:
+def build_workloads(quick: bool, spin_n: int | None, everything: bool = False) -> list[Workload]:
+    """The workloads in run order; ``quick`` shrinks sizes and (unless ``everything``, used
+    with --only) leaves out the workloads that have no target."""
     W: list[Workload] = []
+    full_set = not quick or everything
 
     def add(name: str, measures: list[Measure], rows: RowFn, **check: Any) -> None:
         W.append(Workload(name, measures, rows, check))
@@ -236,7 +239,7 @@ def build_workloads(quick: bool, spin_n: int | None) -> list[Workload]:
         ),
         n=20_000,
     )
-    if not quick:
+    if full_set:
         add(
             "map_c10k",
             ab("map", {"n": 1_000_000, "chunksize": 10_000}),
@@ -272,7 +275,7 @@ def build_workloads(quick: bool, spin_n: int | None) -> list[Workload]:
         ),
         n=1_000,
     )
-    if not quick:
+    if full_set:
         add(
             "exec_map_c1000",
             ab("exec_map", {"n": 50_000, "chunksize": 1000}),
@@ -289,7 +292,7 @@ def build_workloads(quick: bool, spin_n: int | None) -> list[Workload]:
             n=spin_n // 20,
             tasks=4,
         )
-        if not quick:
+        if full_set:
             add(
                 "cpu_exec",
                 ab("cpu", {**cpu_p, "api": "exec"}),
@@ -307,7 +310,7 @@ def build_workloads(quick: bool, spin_n: int | None) -> list[Workload]:
         payload_rows(f"{count} × 8 MiB bytes in+out"),
         count=2,
     )
-    apis = ["pool"] if quick else ["pool", "exec"]
+    apis = ["pool", "exec"] if full_set else ["pool"]
     for method in ("fork", "spawn"):
         ms: list[Measure] = []
         for api in apis:
@@ -327,7 +330,7 @@ def build_workloads(quick: bool, spin_n: int | None) -> list[Workload]:
         n=2_000,
         collect=2_000,
     )
-    if not quick:
+    if full_set:
         add(
             "memory_exec",
             ab("memory", {"n": n_mem, "api": "exec"}),
@@ -721,14 +724,15 @@ def main(argv: list[str] | None = None) -> int:
         log("error: rpool cannot be imported; nothing to compare")
         return 2
 
-    wanted = select(build_workloads(args.quick, 1), args.only)
+    everything = bool(args.only)
+    wanted = select(build_workloads(args.quick, 1, everything), args.only)
     spin_n = None
     if any(w.name.startswith("cpu") for w in wanted):
         cal = run_measure(Measure("cal", "stdlib", "calibrate", {}), {"target_ms": 20}, 60)
         spin_n = int(cal["value"])
         log(f"calibrated spin(n) ≈ 20 ms: n = {spin_n}")
     names = [w.name for w in wanted]
-    workloads = [w for w in build_workloads(args.quick, spin_n) if w.name in names]
+    workloads = [w for w in build_workloads(args.quick, spin_n, everything) if w.name in names]
 
     failed: dict[str, str] = {}
 
