@@ -13,6 +13,7 @@ garbage-collected and cleaned up.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pickle
 import threading
@@ -42,6 +43,10 @@ FUNC_CACHE_LIMIT = 1024
 
 # How long background threads sleep between checks of their stop flags.
 THREAD_POLL_SECONDS = 0.1
+
+# Kernel buffer of each task/result pipe (default 64 KiB): 1 MiB lets a large payload cross
+# in a few big writes instead of many wake-ups; it is the default pipe-max-size for users.
+PIPE_BYTES = 1 << 20
 
 # Retry interval for completion notices that arrived before their entry was registered.
 UNMATCHED_RETRY_SECONDS = 0.001
@@ -179,6 +184,11 @@ class Runtime:
         ctx = self._ctx
         task_read, task_write = os.pipe()
         result_read, result_write = os.pipe()
+        for fd in (task_write, result_write):
+            try:
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+            except OSError:
+                pass  # above /proc/sys/fs/pipe-max-size for this user: keep the default
         child_task = Connection(task_read, writable=False)
         child_result = Connection(result_write, readable=False)
         expected_parent = os.getpid() if self._start_method in ("fork", "spawn") else 0
@@ -229,8 +239,8 @@ class Runtime:
             self._kill_all()
         finally:
             self._reap_all()
-            self.core.shutdown()
             self._notifier_stop = True
+            self.core.shutdown()  # also wakes the notifier, which then sees the stop flag
             self._finished.set()
 
     def _supervise_loop(self) -> None:

@@ -75,6 +75,18 @@ class RpoolFuture(futures.Future):  # type: ignore[type-arg]
         if exception is None or not self._finish_without_waiters(None, exception):
             super().set_exception(exception)
 
+    def result(self, timeout: float | None = None) -> Any:
+        if self._state == _base.FINISHED:  # done: no need for the condition
+            if self._exception is not None:
+                raise self._exception
+            return self._result
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if self._state == _base.FINISHED:
+            return self._exception
+        return super().exception(timeout)
+
     def cancel(self) -> bool:
         handle = self._rpool_handle
         if handle is not None and handle.cancel():

@@ -208,6 +208,7 @@ class Pool:
         func_id = runtime.func_id(func)
         chunks = list(split_chunks(iterable, chunksize))
         try:
+            # Pickle everything first: a failure must fail the map before any chunk runs.
             payloads = [pickle_chunk(func, func_id, chunk) for chunk in chunks]
         except Exception as exc:
             exc.add_note("rpool: an item of the map's input (or its function) could not be pickled")

@@ -13,10 +13,16 @@ pub const TARGET_CHUNK_NS: u64 = 5_000_000;
 /// Adaptive chunks never exceed this many items, so one chunk's results stay a modest pickle.
 pub const MAX_ADAPTIVE_CHUNK: usize = 8192;
 
-/// Chunk size for an input of known length: `ceil(len / (CHUNKS_PER_WORKER * workers))`.
+/// Sized inputs are never cut into chunks larger than this: rpool's per-chunk cost is small,
+/// and smaller chunks let workers start while the parent is still pickling (measured on 1M
+/// ints, 2 workers: 16k-item chunks 0.10 s vs 125k-item chunks 0.17 s).
+pub const MAX_SIZED_CHUNK: usize = 16_384;
+
+/// Chunk size for an input of known length: `ceil(len / (CHUNKS_PER_WORKER * workers))`,
+/// capped at [`MAX_SIZED_CHUNK`].
 pub fn chunksize_for_len(len: usize, workers: usize) -> usize {
     let parts = CHUNKS_PER_WORKER * workers.max(1);
-    len.div_ceil(parts).max(1)
+    len.div_ceil(parts).clamp(1, MAX_SIZED_CHUNK)
 }
 
 /// Sizes chunks of an iterator of unknown length from feedback.
@@ -73,7 +79,8 @@ mod tests {
 
     #[test]
     fn sized_inputs_follow_the_stdlib_rule() {
-        assert_eq!(chunksize_for_len(1_000_000, 2), 125_000);
+        assert_eq!(chunksize_for_len(100_000, 2), 12_500);
+        assert_eq!(chunksize_for_len(1_000_000, 2), MAX_SIZED_CHUNK);
         assert_eq!(chunksize_for_len(10, 2), 2);
         assert_eq!(chunksize_for_len(0, 2), 1);
         assert_eq!(chunksize_for_len(7, 0), 2);

@@ -191,6 +191,7 @@ pub struct Engine {
     io_thread: Mutex<Option<JoinHandle<()>>>,
     next_task: AtomicU64,
     next_worker: AtomicU64,
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl Engine {
@@ -221,6 +222,7 @@ impl Engine {
             io_thread: Mutex::new(Some(io_thread)),
             next_task: AtomicU64::new(1),
             next_worker: AtomicU64::new(1),
+            stopped: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -307,10 +309,11 @@ impl Engine {
         events.pop_front()
     }
 
-    /// Waits up to `timeout` for completed `notify` tasks and takes all of them.
+    /// Waits up to `timeout` for completed `notify` tasks and takes all of them (returns at
+    /// once after [`Engine::shutdown`]).
     pub fn take_notices(&self, timeout: Duration) -> Vec<TaskId> {
         let mut notices = self.shared.notices.lock();
-        if notices.is_empty() {
+        if notices.is_empty() && !self.stopped.load(Ordering::SeqCst) {
             self.shared.notices_cond.wait_for(&mut notices, timeout);
         }
         std::mem::take(&mut *notices)
@@ -379,6 +382,9 @@ impl Engine {
         if let Some(handle) = self.io_thread.lock().take() {
             let _ = handle.join();
         }
+        self.stopped.store(true, Ordering::SeqCst);
+        let _guard = self.shared.notices.lock();
+        self.shared.notices_cond.notify_all();
     }
 }
 

@@ -129,9 +129,8 @@ impl WakeFd {
         // SAFETY: eventfd has no pointer arguments; the result is checked before use.
         let raw = check(unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) })?;
         // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-        Ok(Self {
-            fd: unsafe { OwnedFd::from_raw_fd(raw) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        Ok(Self { fd })
     }
 
     pub(crate) fn raw(&self) -> RawFd {
