@@ -120,6 +120,23 @@ def load_pool_suite(impl: str) -> types.ModuleType:
     return rpool_conformance_mp
 
 
+def _fail_on_deadlock(self, executor) -> None:
+    """ExecutorDeadlockTest._fail_on_deadlock without the stdlib's private attributes."""
+    import tempfile
+
+    with tempfile.TemporaryFile(mode="w+") as f:
+        faulthandler.dump_traceback(file=f)
+        f.seek(0)
+        tb = f.read()
+    try:
+        executor.kill_workers()
+    except Exception as exc:  # report the deadlock, not a cleanup problem
+        print(f"kill_workers() failed: {exc!r}", file=sys.__stderr__)
+    executor.shutdown(wait=False, cancel_futures=True)
+    print(f"\nTraceback:\n {tb}", file=sys.__stderr__)
+    self.fail(f"Executor deadlock: no result after {self.TIMEOUT} s")
+
+
 def load_executor_suite(impl: str) -> types.ModuleType:
     import concurrent.futures
 
@@ -144,6 +161,14 @@ def load_executor_suite(impl: str) -> types.ModuleType:
         mixin.executor_type = executor
     # Some tests build executors with futures.ProcessPoolExecutor(...) directly.
     cf.futures = ModuleProxy(concurrent.futures, ProcessPoolExecutor=executor)
+    # ExecutorDeadlockTest waits SHORT_TIMEOUT (30 s) for a crashed task's future before
+    # declaring a deadlock; the stdlib answers in well under a second, so 15 s keeps a
+    # wide margin and lets the test report the deadlock itself before --test-timeout.
+    cf.ExecutorDeadlockTest.TIMEOUT = min(cf.ExecutorDeadlockTest.TIMEOUT, 15.0)
+    if impl == "rpool":
+        # Its deadlock handler cleans up through executor._processes before failing, which
+        # would turn "deadlock" into an AttributeError; clean up through public API instead.
+        cf.ExecutorDeadlockTest._fail_on_deadlock = _fail_on_deadlock
     cf.assert_python_ok = _rewriting_assert_python_ok(cf.assert_python_ok, replacements)
     return cf
 
@@ -188,6 +213,16 @@ def canonical_class(suite: str, class_name: str, start_method: str) -> str:
     return class_name
 
 
+def arm_stack_dump(test_timeout: float | None) -> None:
+    """(Re)start the clock after which faulthandler dumps every thread's stack to the log.
+
+    The parent kills a worker that makes no progress for ``test_timeout`` seconds; the dump,
+    taken just before, shows where it hung (a test, a fixture, or interpreter exit).
+    """
+    if test_timeout:
+        faulthandler.dump_traceback_later(max(test_timeout - 2, 1), repeat=True, exit=False)
+
+
 class ProgressResult(unittest.TestResult):
     """Records every outcome as a JSON line as soon as it is known."""
 
@@ -214,16 +249,13 @@ class ProgressResult(unittest.TestResult):
         super().startTest(test)
         name = self._name(test)
         self._started[name] = time.monotonic()
-        if self._test_timeout:
-            # Leave a stack dump in the log if the parent is about to kill us.
-            faulthandler.dump_traceback_later(max(self._test_timeout - 2, 1), exit=False)
+        arm_stack_dump(self._test_timeout)
         self._emit(event="start", test=name, time=time.time())
         if self._verbose:
             print(f"--- {name}", file=sys.stderr, flush=True)
 
     def stopTest(self, test):
-        if self._test_timeout:
-            faulthandler.cancel_dump_traceback_later()
+        arm_stack_dump(self._test_timeout)  # now covers tearDownClass / module cleanup
         super().stopTest(test)
 
     def _record(self, test, outcome: str, err=None, reason: str | None = None) -> None:
@@ -298,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     if HERE not in sys.path:
         sys.path.insert(0, HERE)
     faulthandler.enable()
+    arm_stack_dump(args.test_timeout)  # imports, setUpModule, setUpClass
 
     if args.suite == "pool":
         module = load_pool_suite(args.impl)
@@ -324,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         progress.flush()
         result = ProgressResult(progress, args.test_timeout, args.verbose)
         suite.run(result)  # a top-level suite also runs the class and module fixtures
+        arm_stack_dump(args.test_timeout)  # interpreter exit: atexit handlers, joins
         progress.write(json.dumps({"event": "done"}) + "\n")
     return 0
 

@@ -37,6 +37,7 @@ SUITES = ("pool", "executor")
 DEFAULT_START_METHODS = ("fork", "spawn")
 ALL_START_METHODS = ("fork", "spawn", "forkserver")
 FAILING = ("failed", "error")
+FIXTURE_HANG = "(no progress outside a test)"
 
 # Where the canonical class name comes from: see _worker.canonical_class.
 POOL_PREFIX = "WithProcesses"
@@ -312,6 +313,7 @@ def run_class(suite: str, sm: str, class_name: str, tests: list[str], cfg: Confi
             )
         current: str | None = None
         current_start = 0.0
+        last_event = time.monotonic()
         done = False
         offset = 0
         killed_for = None
@@ -331,6 +333,7 @@ def run_class(suite: str, sm: str, class_name: str, tests: list[str], cfg: Confi
                 if not line.strip():
                     continue
                 ev = json.loads(line)
+                last_event = time.monotonic()
                 if ev["event"] == "start":
                     current, current_start = ev["test"], time.monotonic()
                 elif ev["event"] == "result":
@@ -346,6 +349,8 @@ def run_class(suite: str, sm: str, class_name: str, tests: list[str], cfg: Confi
                 killed_for = "class"
             elif current is not None and now - current_start > cfg.test_timeout:
                 killed_for = "test"
+            elif current is None and now - last_event > cfg.test_timeout:
+                killed_for = "fixture"  # setUpClass / tearDownClass / module cleanup / exit
             if killed_for:
                 kill_tree(proc)
                 break
@@ -364,6 +369,18 @@ def run_class(suite: str, sm: str, class_name: str, tests: list[str], cfg: Confi
             break
         if killed_for == "test":
             put(current, "error", f"timed out: test exceeded {cfg.test_timeout:.0f} s (killed)")
+        elif killed_for == "fixture":
+            where = "after its last test" if not set(remaining) - set(results) else "between tests"
+            put(
+                FIXTURE_HANG,
+                "error",
+                f"hung {where} (class/module fixtures, cleanup or interpreter exit) for "
+                f"{cfg.test_timeout:.0f} s and was killed; stacks in the log",
+            )
+            for t in remaining:
+                if t not in results:
+                    put(t, "error", "not run: the worker hung outside any test")
+            break
         elif not done:
             rc = record["returncodes"][-1]
             if current is not None:
@@ -689,6 +706,8 @@ def main(argv: list[str] | None = None) -> int:
             run["classes"].append(rec)
             run["duration"] += rec["duration"]
 
+    if args.impl == "stdlib":
+        expected, deliberate = [], []  # the lists describe rpool; the stdlib must pass all
     classify(report, expected, deliberate)
     ran = {(r["suite"], r["start_method"]) for r in report["runs"] if r["classes"]}
     if args.class_glob:
