@@ -166,6 +166,22 @@ def rebuild_exception(payload: bytes, front: int) -> BaseException:
     return exc
 
 
+def result_unpickle_failure(exc: BaseException, front: int) -> BaseException:
+    """The error for a task whose result could not be unpickled in the parent.
+
+    The executor reports it as `BrokenProcessPool` (what the stdlib raises there) with the
+    unpickling error as ``__cause__``; the pool re-raises the unpickling error itself. Either
+    way only this task fails.
+    """
+    note = "rpool: the task's result was sent but could not be unpickled in the parent"
+    if front == FRONT_POOL:
+        exc.add_note(note)
+        return exc
+    error = BrokenProcessPool(f"{note}: {type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error
+
+
 def describe_exit(exitcode: int | None) -> str:
     """Says how a worker ended, with the likely cause for common signals."""
     if exitcode is None:

@@ -326,6 +326,8 @@ class Runtime:
                     entry._rpool_complete()
                 except BaseException:  # noqa: BLE001 - one bad callback must not stop the rest
                     traceback.print_exc()
+            # Drop references to the last result so the caller's objects can be freed.
+            entry = None
             if not ids and not unmatched and self._notifier_stop:
                 return
 

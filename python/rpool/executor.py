@@ -320,9 +320,17 @@ class ProcessPoolExecutor(futures.Executor):
         if runtime is None or runtime.forked_away:
             return
         if cancel_futures:
-            for entry in list(runtime.pending.values()):
-                if isinstance(entry, RpoolFuture):
-                    entry.cancel()
+            # The stdlib has already moved the next max_workers (+1) items into its call queue,
+            # where they can no longer be cancelled; keep that guarantee that some work runs.
+            committed = self._max_workers
+            for task_id in sorted(runtime.pending):
+                entry = runtime.pending.get(task_id)
+                if not isinstance(entry, RpoolFuture):
+                    continue
+                if committed > 0 and entry._state == _base.PENDING:
+                    committed -= 1
+                    continue
+                entry.cancel()
         if wait:
             for feeder in feeders:
                 feeder.join()

@@ -84,6 +84,12 @@ fn loads(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     LOADS.import(py, "pickle", "loads")
 }
 
+static UNPICKLE_FAILURE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+fn unpickle_failure(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    UNPICKLE_FAILURE.import(py, "rpool._remote", "result_unpickle_failure")
+}
+
 fn failure_factory(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     FAILURE.import(py, "rpool._remote", "outcome_to_exception")
 }
@@ -344,7 +350,14 @@ impl AsyncResult {
             let factory = failure_factory(py)?;
             let front = self.front;
             let (ok, value) = match outcome {
-                Outcome::Value(bytes) => (true, loads(py)?.call1((PyBytes::new(py, &bytes),))?),
+                Outcome::Value(bytes) => match loads(py)?.call1((PyBytes::new(py, &bytes),)) {
+                    Ok(value) => (true, value),
+                    // A result that cannot be unpickled here fails its own task, not the pool.
+                    Err(err) => (
+                        false,
+                        unpickle_failure(py)?.call1((err.into_value(py), front))?,
+                    ),
+                },
                 Outcome::TaskError(bytes) => (
                     false,
                     factory.call1((
