@@ -6,6 +6,7 @@ handling, authkey and objects inherited through ``initargs`` follow the stdlib e
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from collections.abc import Callable, Sequence
@@ -13,7 +14,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from rpool import _rpool
-from rpool._remote import WorkerCodec, encode_exception
+from rpool._remote import FRONT_EXECUTOR, WorkerCodec, encode_exception
 
 
 def _take_fd(conn: Connection) -> int:
@@ -42,6 +43,11 @@ def worker_main(
         try:
             initializer(*initargs)
         except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
+            if front == FRONT_EXECUTOR:
+                # Also log it where the stdlib executor's workers do.
+                logging.getLogger("concurrent.futures").critical(
+                    "Exception in initializer:", exc_info=True
+                )
             _rpool.send_init_failure(result_fd, encode_exception(exc))
             return
     _rpool.worker_loop(task_fd, result_fd, WorkerCodec(front), max_tasks)

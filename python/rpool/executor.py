@@ -183,6 +183,15 @@ class ProcessPoolExecutor(futures.Executor):
         self._max_tasks_per_child = max_tasks_per_child
         self._retries = retries
 
+    @property
+    def _broken(self) -> str | bool:
+        """The stdlib's private flag, kept for code that polls it: a message once the
+        executor is broken (its initializer failed), else False."""
+        runtime = self._runtime
+        if runtime is not None and runtime.core.broken_payload() is not None:
+            return "A child process terminated abruptly, the process pool is not usable anymore"
+        return False
+
     def _start_runtime(self) -> Runtime:
         """Starts the workers on first use, as the stdlib executor does."""
         with self._shutdown_lock:
