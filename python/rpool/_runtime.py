@@ -117,6 +117,8 @@ class Runtime:
         self._notifier_stop = False
         self._started = threading.Event()
         self._start_error: BaseException | None = None
+        # Set once the initializer failed: fronts then take their slow, checking path.
+        self.broken = False
         # At interpreter exit: finish queued work (executor) instead of terminating (Pool).
         self.graceful_exit = False
         self._supervisor = threading.Thread(
@@ -158,12 +160,12 @@ class Runtime:
 
     def func_id(self, func: object) -> int:
         """Id of `func` in the workers' cache, registering it once; 0 = send it inline."""
-        if not isinstance(func, _CACHEABLE_FUNC_TYPES):
-            return 0
         key = id(func)
         entry = self._funcs.get(key)
         if entry is not None and entry[0] is func:
             return entry[1]
+        if not isinstance(func, _CACHEABLE_FUNC_TYPES):
+            return 0
         with self._funcs_lock:
             entry = self._funcs.get(key)
             if entry is not None and entry[0] is func:
@@ -264,6 +266,7 @@ class Runtime:
                         except Exception:
                             traceback.print_exc()
                 elif kind == "init_failed":
+                    self.broken = True
                     self._stopping = True
                     self._kill_all()
             with self._procs_lock:

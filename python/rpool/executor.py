@@ -32,15 +32,17 @@ class RpoolFuture(futures.Future):  # type: ignore[type-arg]
     waiters skips the lock entirely, which makes a Future several times cheaper to create
     and complete. Cancelling works while no worker has received the task."""
 
+    # Defaults shared by all instances; assignments shadow them per instance.
+    _rpool_cond: threading.Condition | None = None
+    _result: Any = None
+    _exception: BaseException | None = None
+    _rpool_handle: Any = None
+    _rpool_pending: dict[int, Any] | None = None
+
     def __init__(self) -> None:  # deliberately not calling Future.__init__ (it makes a Condition)
-        self._rpool_cond: threading.Condition | None = None
         self._state = _base.PENDING
-        self._result = None
-        self._exception = None
         self._waiters: list[Any] = []
         self._done_callbacks: list[Any] = []
-        self._rpool_handle: Any = None
-        self._rpool_pending: dict[int, Any] | None = None
 
     @property
     def _condition(self) -> threading.Condition:  # type: ignore[override]
@@ -113,7 +115,6 @@ class RpoolFuture(futures.Future):  # type: ignore[type-arg]
         if handle is None:
             return
         ok, value = handle._resolve()
-        handle._publish()
         self._rpool_handle = None
         if self._state != _base.PENDING and self._state != _base.RUNNING:
             return
@@ -256,7 +257,9 @@ class ProcessPoolExecutor(futures.Executor):
         kwargs: dict[str, Any],
         timeout: float | None,
     ) -> futures.Future[Any]:
-        runtime = self._live_runtime()
+        runtime = self._runtime
+        if runtime is None or self._shutdown_thread or runtime.broken or runtime.forked_away:
+            runtime = self._live_runtime()  # starts the workers, or raises the right error
         future = RpoolFuture()
         func_id = runtime.func_id(fn)
         try:
@@ -268,7 +271,10 @@ class ProcessPoolExecutor(futures.Executor):
             exc.add_note(describe_unpicklable(args, kwargs))
             future.set_exception(exc)
             return future
-        handle = runtime.core.submit(KIND_CALL, func_id, payload, True, FRONT_EXECUTOR, timeout)
+        try:
+            handle = runtime.core.submit(KIND_CALL, func_id, payload, True, FRONT_EXECUTOR, timeout)
+        except ValueError:  # closed concurrently by shutdown()
+            raise RuntimeError("cannot schedule new futures after shutdown") from None
         future._rpool_handle = handle
         future._rpool_pending = runtime.pending
         runtime.pending[handle.task_id] = future
