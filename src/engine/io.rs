@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
+use super::outbox::Outbox;
 use super::slots::{Outcome, Phase};
 use super::{Command, EngineStats, Event, Shared, Task, WorkerSpec, WorkerStats};
 use crate::posix;
-use crate::protocol::{encode_frame, FrameKind, FrameReader, FuncId, TaskId, WorkerId};
+use crate::protocol::{FrameKind, FrameReader, FuncId, TaskId, WorkerId};
 
 /// Tasks a worker may hold before its task time is known: one running, one ready behind it.
 const INITIAL_IN_FLIGHT: usize = 2;
@@ -51,8 +52,7 @@ struct Worker {
     task_pipe: Option<OwnedFd>,
     result_pipe: Option<OwnedFd>,
     sentinel: Option<OwnedFd>,
-    out: Vec<u8>,
-    out_pos: usize,
+    out: Outbox,
     reader: FrameReader,
     in_flight: VecDeque<Task>,
     known_funcs: HashSet<FuncId>,
@@ -78,8 +78,7 @@ impl Worker {
             task_pipe: Some(spec.task_pipe),
             result_pipe: Some(spec.result_pipe),
             sentinel: Some(spec.sentinel),
-            out: Vec::new(),
-            out_pos: 0,
+            out: Outbox::default(),
             reader: FrameReader::new(),
             in_flight: VecDeque::new(),
             known_funcs: HashSet::new(),
@@ -222,7 +221,7 @@ impl IoLoop {
             Command::AddWorker(id, spec) => {
                 let mut worker = Worker::new(id, spec);
                 if self.released {
-                    encode_frame(&mut worker.out, FrameKind::Shutdown, 0, 0, b"");
+                    worker.out.push_frame(FrameKind::Shutdown, 0, 0, b"");
                     worker.releasing = true;
                 }
                 self.workers.push(worker);
@@ -233,7 +232,6 @@ impl IoLoop {
                 self.fail_everything(|| Outcome::Terminated);
                 for worker in &mut self.workers {
                     worker.out.clear();
-                    worker.out_pos = 0;
                 }
             }
             Command::KillWorkers(signal) => {
@@ -328,25 +326,17 @@ impl IoLoop {
             let func_id = match &task.func {
                 Some(func) => {
                     if worker.known_funcs.insert(func.id) {
-                        encode_frame(
-                            &mut worker.out,
-                            FrameKind::DefineFunc,
-                            func.id.0,
-                            0,
-                            &func.pickled,
-                        );
+                        worker
+                            .out
+                            .push_frame(FrameKind::DefineFunc, func.id.0, 0, &func.pickled);
                     }
                     func.id.0
                 }
                 None => FuncId::INLINE.0,
             };
-            encode_frame(
-                &mut worker.out,
-                task.kind,
-                task.slot.id.0,
-                func_id,
-                &task.payload,
-            );
+            worker
+                .out
+                .push_shared(task.kind, task.slot.id.0, func_id, &task.payload);
             worker.assigned += 1;
             if worker.in_flight.is_empty() && worker.ready {
                 worker.front_started = Some(Instant::now());
@@ -359,29 +349,20 @@ impl IoLoop {
         let worker = &mut self.workers[index];
         let Some(pipe) = worker.task_pipe.as_ref() else {
             worker.out.clear();
-            worker.out_pos = 0;
             return;
         };
-        while worker.out_pos < worker.out.len() {
-            match posix::write(pipe.as_raw_fd(), &worker.out[worker.out_pos..]) {
-                Ok(n) => worker.out_pos += n,
-                Err(err) if err.kind() == ErrorKind::WouldBlock => return,
-                Err(_) => {
-                    // The worker is gone (EPIPE); its sentinel will report the death.
-                    worker.out.clear();
-                    worker.out_pos = 0;
+        match worker.out.write_to(pipe.as_raw_fd()) {
+            Ok(false) => {}
+            Ok(true) => {
+                if worker.releasing {
                     worker.task_pipe = None;
-                    return;
                 }
             }
-        }
-        worker.out.clear();
-        worker.out_pos = 0;
-        if worker.releasing {
-            worker.task_pipe = None;
-        }
-        if worker.out.capacity() > 4 << 20 {
-            worker.out.shrink_to(64 << 10);
+            Err(_) => {
+                // The worker is gone (EPIPE); its sentinel will report the death.
+                worker.out.clear();
+                worker.task_pipe = None;
+            }
         }
     }
 
@@ -394,7 +375,7 @@ impl IoLoop {
         if self
             .workers
             .iter()
-            .any(|w| !w.in_flight.is_empty() || w.out_pos < w.out.len())
+            .any(|w| !w.in_flight.is_empty() || !w.out.is_empty())
         {
             return;
         }
@@ -402,7 +383,7 @@ impl IoLoop {
         for worker in &mut self.workers {
             // An explicit frame, not just end-of-file: under fork, workers started later may
             // hold copies of this pipe's write end, so EOF alone might never arrive.
-            encode_frame(&mut worker.out, FrameKind::Shutdown, 0, 0, b"");
+            worker.out.push_frame(FrameKind::Shutdown, 0, 0, b"");
             worker.releasing = true;
         }
     }
@@ -465,7 +446,7 @@ impl IoLoop {
                 owners.push((index, 2));
             }
             if let Some(pipe) = &worker.task_pipe {
-                if worker.out_pos < worker.out.len() {
+                if !worker.out.is_empty() {
                     fds.push(posix::poll_fd(pipe.as_raw_fd(), posix::POLLOUT));
                     owners.push((index, 3));
                 }
@@ -608,7 +589,6 @@ impl IoLoop {
         worker.task_pipe = None;
         worker.sentinel = None;
         worker.out.clear();
-        worker.out_pos = 0;
         self.shared.push_event(Event::WorkerDied {
             worker: worker.id,
             pid: worker.pid,

@@ -27,6 +27,7 @@
 
 pub mod chunking;
 mod io;
+mod outbox;
 pub mod slots;
 
 use std::collections::VecDeque;
@@ -67,7 +68,7 @@ pub(crate) struct Task {
     pub(crate) slot: Arc<TaskSlot>,
     pub(crate) kind: FrameKind,
     pub(crate) func: Option<FuncDef>,
-    pub(crate) payload: Vec<u8>,
+    pub(crate) payload: Arc<Vec<u8>>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) retries_left: u32,
 }
@@ -276,7 +277,7 @@ impl Engine {
                 slot,
                 kind: new.kind,
                 func: new.func,
-                payload: new.payload,
+                payload: Arc::new(new.payload),
                 timeout: new.timeout,
                 retries_left: retries,
             });

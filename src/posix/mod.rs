@@ -149,6 +149,17 @@ impl WakeFd {
     }
 }
 
+/// A new pipe (read end, write end), close-on-exec, optionally non-blocking on both ends.
+#[cfg(test)]
+pub(crate) fn pipe(nonblocking: bool) -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    let flags = libc::O_CLOEXEC | if nonblocking { libc::O_NONBLOCK } else { 0 };
+    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), flags) })?;
+    // SAFETY: both descriptors were just created by pipe2 and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
 /// Sends `signal` to process `pid`; a process that is already gone is not an error.
 pub(crate) fn kill(pid: i32, signal: i32) -> io::Result<()> {
     if pid <= 0 {
@@ -191,10 +202,7 @@ mod tests {
     use super::*;
 
     fn pipe() -> (OwnedFd, OwnedFd) {
-        let mut fds = [0; 2];
-        // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
-        check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }).unwrap();
-        (own_fd(fds[0]).unwrap(), own_fd(fds[1]).unwrap())
+        super::pipe(false).unwrap()
     }
 
     #[test]

@@ -114,13 +114,25 @@ pub struct Frame {
     pub payload: Vec<u8>,
 }
 
+/// Payloads at least this large bypass intermediate buffers: writers send them as their own
+/// segment after the header, and [`FrameReader`] reads them straight into their final `Vec`.
+/// Below it, copying into a shared buffer is cheaper than an extra syscall.
+pub const LARGE_PAYLOAD: usize = 256 * 1024;
+
+/// The header of a frame whose payload is `len` bytes.
+pub fn encode_header(kind: FrameKind, id: u64, aux: u64, len: usize) -> [u8; HEADER_LEN] {
+    let mut header = [0u8; HEADER_LEN];
+    header[..8].copy_from_slice(&(len as u64).to_le_bytes());
+    header[8] = kind as u8;
+    header[9..17].copy_from_slice(&id.to_le_bytes());
+    header[17..].copy_from_slice(&aux.to_le_bytes());
+    header
+}
+
 /// Appends one frame to `out`.
 pub fn encode_frame(out: &mut Vec<u8>, kind: FrameKind, id: u64, aux: u64, payload: &[u8]) {
     out.reserve(HEADER_LEN + payload.len());
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.push(kind as u8);
-    out.extend_from_slice(&id.to_le_bytes());
-    out.extend_from_slice(&aux.to_le_bytes());
+    out.extend_from_slice(&encode_header(kind, id, aux, payload.len()));
     out.extend_from_slice(payload);
 }
 
@@ -136,6 +148,16 @@ pub struct FrameReader {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// A large frame being read directly into its own payload buffer.
+    large: Option<LargeFrame>,
+}
+
+struct LargeFrame {
+    kind: FrameKind,
+    id: u64,
+    aux: u64,
+    payload: Vec<u8>,
+    filled: usize,
 }
 
 impl Default for FrameReader {
@@ -150,18 +172,25 @@ impl FrameReader {
             buf: vec![0; INITIAL_READ_BUFFER],
             start: 0,
             end: 0,
+            large: None,
         }
     }
 
     /// Writable space at the end of the buffer, at least `min` bytes and enough to hold the
     /// whole frame that has started arriving.
     pub fn spare(&mut self, min: usize) -> &mut [u8] {
+        if let Some(large) = self.large.as_mut() {
+            // Exactly the rest of the large payload: nothing after it is read early.
+            return &mut large.payload[large.filled..];
+        }
         let pending = self.end - self.start;
         let mut wanted = min.max(1);
         if pending >= HEADER_LEN {
             let declared = read_u64(&self.buf[self.start..]) as usize;
-            let total = HEADER_LEN.saturating_add(declared.min(MAX_PAYLOAD as usize));
-            wanted = wanted.max(total.saturating_sub(pending));
+            if declared < LARGE_PAYLOAD {
+                let total = HEADER_LEN + declared;
+                wanted = wanted.max(total.saturating_sub(pending));
+            }
         }
         if self.buf.len() - self.end < wanted {
             // Compact first; grow only if that is not enough.
@@ -177,6 +206,10 @@ impl FrameReader {
 
     /// Marks `n` bytes written into [`FrameReader::spare`] as received.
     pub fn commit(&mut self, n: usize) {
+        if let Some(large) = self.large.as_mut() {
+            large.filled = (large.filled + n).min(large.payload.len());
+            return;
+        }
         self.end = (self.end + n).min(self.buf.len());
     }
 
@@ -189,11 +222,30 @@ impl FrameReader {
 
     /// True when no partial frame is buffered.
     pub fn is_empty(&self) -> bool {
-        self.start == self.end
+        self.start == self.end && self.large.is_none()
     }
 
     /// Pops the next complete frame, `Ok(None)` if more bytes are needed.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, ProtocolError> {
+        if let Some(large) = self.large.take() {
+            if large.filled < large.payload.len() {
+                self.large = Some(large);
+                return Ok(None);
+            }
+            let LargeFrame {
+                kind,
+                id,
+                aux,
+                payload,
+                ..
+            } = large;
+            return Ok(Some(Frame {
+                kind,
+                id,
+                aux,
+                payload,
+            }));
+        }
         let pending = &self.buf[self.start..self.end];
         if pending.len() < HEADER_LEN {
             return Ok(None);
@@ -203,6 +255,9 @@ impl FrameReader {
             return Err(ProtocolError::Oversized(len));
         }
         let kind = FrameKind::from_byte(pending[8])?;
+        if len as usize >= LARGE_PAYLOAD {
+            return Ok(self.start_large_frame(kind, len as usize));
+        }
         let total = HEADER_LEN + len as usize;
         if pending.len() < total {
             return Ok(None);
@@ -221,6 +276,40 @@ impl FrameReader {
             aux,
             payload,
         }))
+    }
+}
+
+impl FrameReader {
+    /// Moves the buffered part of a large frame into its own buffer; the rest is read there.
+    fn start_large_frame(&mut self, kind: FrameKind, len: usize) -> Option<Frame> {
+        let pending = &self.buf[self.start..self.end];
+        let id = read_u64(&pending[9..]);
+        let aux = read_u64(&pending[17..]);
+        let have = (pending.len() - HEADER_LEN).min(len);
+        // Zeroed allocation of this size comes straight from the OS (no memset).
+        let mut payload = vec![0u8; len];
+        payload[..have].copy_from_slice(&pending[HEADER_LEN..HEADER_LEN + have]);
+        self.start += HEADER_LEN + have;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        if have == len {
+            return Some(Frame {
+                kind,
+                id,
+                aux,
+                payload,
+            });
+        }
+        self.large = Some(LargeFrame {
+            kind,
+            id,
+            aux,
+            payload,
+            filled: have,
+        });
+        None
     }
 }
 
@@ -289,6 +378,36 @@ mod tests {
             got = reader.next_frame().unwrap();
         }
         assert_eq!(got.unwrap().payload, payload);
+    }
+
+    #[test]
+    fn large_frames_are_read_directly_and_what_follows_still_parses() {
+        let big = vec![7u8; LARGE_PAYLOAD * 2 + 3];
+        let mut bytes = frame(FrameKind::Ok, 1, 2, b"small");
+        bytes.extend(frame(FrameKind::Err, 3, 4, &big));
+        bytes.extend(frame(FrameKind::Ok, 5, 6, b"tail"));
+        let mut reader = FrameReader::new();
+        let mut offset = 0;
+        let mut got = Vec::new();
+        loop {
+            while let Some(f) = reader.next_frame().unwrap() {
+                got.push(f);
+            }
+            if got.len() == 3 || offset == bytes.len() {
+                break;
+            }
+            let space = reader.spare(4096);
+            let n = space.len().min(bytes.len() - offset).min(100_000);
+            space[..n].copy_from_slice(&bytes[offset..offset + n]);
+            reader.commit(n);
+            offset += n;
+        }
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0].payload, b"small");
+        assert_eq!((got[1].kind, got[1].id, got[1].aux), (FrameKind::Err, 3, 4));
+        assert_eq!(got[1].payload, big);
+        assert_eq!(got[2].payload, b"tail");
+        assert!(reader.is_empty());
     }
 
     #[test]

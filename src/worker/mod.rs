@@ -15,7 +15,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
 use crate::posix;
-use crate::protocol::{encode_frame, FrameKind, FrameReader};
+use crate::protocol::{encode_frame, encode_header, FrameKind, FrameReader, LARGE_PAYLOAD};
 
 /// Results wait in the output buffer at most this long before they are written, so a burst of
 /// tiny tasks shares one `write` while a slow task's result still leaves promptly.
@@ -146,13 +146,20 @@ pub(crate) fn worker_loop(
                         run_task(py, &codec, &funcs, frame.kind, frame.aux, &frame.payload)?;
                     let elapsed = started.elapsed();
                     let kind = if ok { FrameKind::Ok } else { FrameKind::Err };
-                    encode_frame(
-                        &mut out,
-                        kind,
-                        frame.id,
-                        elapsed.as_nanos() as u64,
-                        payload.as_bytes(),
-                    );
+                    let result = payload.as_bytes();
+                    let elapsed_ns = elapsed.as_nanos() as u64;
+                    if result.len() >= LARGE_PAYLOAD {
+                        // Written straight from the pickle's buffer: no copy into `out`.
+                        flush(py, result_fd, &mut out).map_err(io_err)?;
+                        let header = encode_header(kind, frame.id, elapsed_ns, result.len());
+                        py.detach(|| {
+                            posix::write_all(result_fd, &header)?;
+                            posix::write_all(result_fd, result)
+                        })
+                        .map_err(io_err)?;
+                    } else {
+                        encode_frame(&mut out, kind, frame.id, elapsed_ns, result);
+                    }
                     oldest_unflushed.get_or_insert(started);
                     done += 1;
                     let finished = max_tasks.is_some_and(|limit| done >= limit);
