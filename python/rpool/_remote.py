@@ -21,6 +21,8 @@ from multiprocessing.pool import (  # type: ignore[attr-defined]
 )
 from typing import Any
 
+from rpool import _cloud
+
 __all__ = [
     "InitializerError",
     "RemoteError",
@@ -130,6 +132,8 @@ class WorkerCodec:
     def __init__(self, front: int) -> None:
         self.loads = pickle.loads
         self.dumps = functools.partial(pickle.dumps, protocol=PROTOCOL)
+        if _cloud.results_fallback:  # set by the initializer of a ``cloudpickle=True`` pool
+            self.dumps = _cloud.dumps_result
         self.encode_exception = encode_exception
         self.encode_result_error = (
             _encode_result_error_pool if front == FRONT_POOL else _encode_result_error_executor

@@ -28,7 +28,7 @@ from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from rpool import _rpool
+from rpool import _cloud, _rpool
 from rpool._remote import PROTOCOL, InitializerError, rebuild_exception
 from rpool._worker import worker_main
 
@@ -107,6 +107,8 @@ class Runtime:
         self._owner_pid = os.getpid()
         self._funcs: dict[int, tuple[object, int]] = {}
         self._funcs_lock = threading.Lock()
+        # rpool extension (``cloudpickle=True``): what pickle refuses goes by cloudpickle.
+        self.cloudpickle = False
         # task id -> object whose ``_rpool_complete()`` the notifier calls
         self.pending: dict[int, Any] = {}
         self._procs: dict[int, BaseProcess] = {}
@@ -173,7 +175,10 @@ class Runtime:
             if len(self._funcs) >= FUNC_CACHE_LIMIT:
                 return 0
             try:
-                pickled = pickle.dumps(func, PROTOCOL)
+                if self.cloudpickle:
+                    pickled = _cloud.dumps_callable(func)
+                else:
+                    pickled = pickle.dumps(func, PROTOCOL)
             except Exception:
                 return 0  # report the failure with the task, like any pickling error
             fid: int = self.core.register_func(pickled)
