@@ -81,21 +81,26 @@ class MapResult:
         self._success = True
         self._value: Any = None
 
-    def _start(self, runtime: Runtime, handles: list[Any], sizes: list[int]) -> None:
-        self._chunks = [None] * len(handles)
-        self._left = len(handles)
-        if not handles:
+    def _start(self, chunks: int) -> None:
+        """Expects `chunks` chunk results (an empty map is ready at once)."""
+        self._chunks = [None] * chunks
+        self._left = chunks
+        if chunks == 0:
             self._value = []
             self._event.set()
-            return
-        pending = runtime.pending
-        for index, (handle, size) in enumerate(zip(handles, sizes, strict=True)):
-            pending[handle.task_id] = _ChunkEntry(self, index, handle, size)
+
+    def _add_chunk(self, runtime: Runtime, index: int, handle: Any, size: int) -> None:
+        runtime.pending[handle.task_id] = _ChunkEntry(self, index, handle, size)
 
     def _fail_now(self, exc: BaseException) -> None:
-        """Fails the whole map before any chunk was sent (e.g. arguments not picklable)."""
-        self._success = False
-        self._value = exc
+        """Fails the whole map from the calling thread (e.g. an item could not be pickled);
+        chunks already sent still run, their results are dropped."""
+        with self._lock:
+            if self._event.is_set():
+                return
+            self._success = False
+            self._value = exc
+            self._chunks = []
         try:
             if self._error_callback is not None:
                 self._error_callback(exc)
@@ -104,7 +109,7 @@ class MapResult:
 
     def _chunk_done(self, entry: _ChunkEntry, ok: bool, value: Any) -> None:
         with self._lock:
-            if self._event.is_set():
+            if self._event.is_set() or not self._success:
                 return
             if not ok:
                 self._success = False

@@ -207,15 +207,22 @@ class Pool:
             chunksize = _rpool.default_chunksize(length, self._processes)
         func_id = runtime.func_id(func)
         chunks = list(split_chunks(iterable, chunksize))
-        try:
-            # Pickle everything first: a failure must fail the map before any chunk runs.
-            payloads = [pickle_chunk(func, func_id, chunk) for chunk in chunks]
-        except Exception as exc:
-            exc.add_note("rpool: an item of the map's input (or its function) could not be pickled")
-            result._fail_now(exc)
-            return result
-        handles = runtime.core.submit_many(kind, func_id, payloads, True, FRONT_POOL, task_timeout)
-        result._start(runtime, handles, [len(chunk) for chunk in chunks])
+        result._start(len(chunks))
+        submit = runtime.core.submit
+        for index, chunk in enumerate(chunks):
+            # Each chunk leaves as soon as it is pickled, so workers start while the parent is
+            # still pickling the rest. A chunk that cannot be pickled fails the whole map (as in
+            # the stdlib, whose task thread also pickles chunk by chunk).
+            try:
+                payload = pickle_chunk(func, func_id, chunk)
+            except Exception as exc:
+                exc.add_note(
+                    "rpool: an item of the map's input (or its function) could not be pickled"
+                )
+                result._fail_now(exc)
+                return result
+            handle = submit(kind, func_id, payload, True, FRONT_POOL, task_timeout)
+            result._add_chunk(runtime, index, handle, len(chunk))
         return result
 
     def map(
