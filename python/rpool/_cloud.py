@@ -35,12 +35,13 @@ results_fallback = False
 
 def _cloudpickle() -> types.ModuleType:
     try:
-        import cloudpickle
+        import cloudpickle  # type: ignore[import-untyped]
     except ImportError as exc:  # pragma: no cover - cloudpickle is a dependency of rpool
         raise ImportError(
             "rpool: cloudpickle=True needs the cloudpickle package (pip install cloudpickle)"
         ) from exc
-    return cloudpickle
+    module: types.ModuleType = cloudpickle
+    return module
 
 
 def describe(obj: object) -> str:
@@ -102,6 +103,21 @@ def _culprits(func: object | None, items: Sequence[Any], kwds: Mapping[str, Any]
     return "rpool: pickle and cloudpickle both refuse the task's " + ", ".join(bad)
 
 
+def dumps_inline(obj: object, func: object) -> bytes:
+    """Payload of a task whose callable travels with it (bound methods, partials): pickle,
+    unless the callable comes from an interactive ``__main__`` (then cloudpickle); a refusal
+    by pickle propagates, for `call_payload`/`chunk_payload` to retry."""
+    if needs_by_value(func):
+        try:
+            data: bytes = _cloudpickle().dumps(obj, PROTOCOL)
+        except Exception as exc:
+            raise pickle.PicklingError(
+                f"rpool: cloudpickle refuses the task's function {describe(func)}"
+            ) from exc
+        return data
+    return pickle.dumps(obj, PROTOCOL)
+
+
 def call_payload(
     func: object, func_id: int, args: tuple[Any, ...], kwds: Mapping[str, Any] | None
 ) -> bytes:
@@ -113,9 +129,7 @@ def call_payload(
     try:
         data: bytes = _cloudpickle().dumps(obj, PROTOCOL)
     except Exception as exc:
-        raise pickle.PicklingError(
-            _culprits(None if func_id else func, args, kwds or {})
-        ) from exc
+        raise pickle.PicklingError(_culprits(None if func_id else func, args, kwds or {})) from exc
     return data
 
 

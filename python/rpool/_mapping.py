@@ -12,10 +12,11 @@ import pickle
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
-from rpool import _rpool
+from rpool import _aio, _cloud, _rpool
+from rpool._progress import Progress
 from rpool._remote import PROTOCOL
 from rpool._runtime import Runtime
 
@@ -42,8 +43,17 @@ def check_chunksize(chunksize: int | None) -> None:
         raise ValueError(f"Chunksize must be 1+, not {chunksize}")
 
 
-def pickle_chunk(func: object, func_id: int, chunk: list[Any]) -> bytes:
-    return pickle.dumps(chunk if func_id else (func, chunk), PROTOCOL)
+def pickle_chunk(func: object, func_id: int, chunk: list[Any], cloud: bool = False) -> bytes:
+    """A chunk's payload; with `cloud` (``cloudpickle=True`` pools) what pickle refuses is
+    retried with cloudpickle."""
+    try:
+        if cloud and not func_id:
+            return _cloud.dumps_inline((func, chunk), func)
+        return pickle.dumps(chunk if func_id else (func, chunk), PROTOCOL)
+    except Exception:
+        if not cloud:
+            raise
+        return _cloud.chunk_payload(func, func_id, chunk)
 
 
 class _ChunkEntry:
@@ -66,6 +76,9 @@ class _ChunkEntry:
 
 class MapResult:
     """Result of `map_async`/`starmap_async`: same methods as `AsyncResult`."""
+
+    # ``progress=`` of the map (rpool extension), advanced per finished chunk.
+    _progress: Progress | None = None
 
     def __init__(
         self,
@@ -101,6 +114,8 @@ class MapResult:
             self._success = False
             self._value = exc
             self._chunks = []
+        if self._progress is not None:
+            self._progress.close()
         try:
             if self._error_callback is not None:
                 self._error_callback(exc)
@@ -122,6 +137,12 @@ class MapResult:
                 if finished:
                     self._value = list(itertools.chain.from_iterable(self._chunks))
                     self._chunks = []
+        progress = self._progress
+        if progress is not None:
+            if ok:
+                progress.advance(entry.size)
+            if finished:
+                progress.close()
         if not finished:
             return
         try:
@@ -171,16 +192,23 @@ class _LazyMapState:
         self.window = threading.Semaphore(window)
         self.abandoned = False
         self.sizer: Any = None
+        # rpool extensions: ``progress=``, and coroutines awaiting a chunk (``async for``).
+        self.progress: Progress | None = None
+        self.async_wakers: list[Any] = []
 
     def _chunk_done(self, entry: _ChunkEntry, ok: bool, value: Any) -> None:
         if ok and self.sizer is not None:
             self.sizer.observe(entry.size, entry.handle.compute_seconds)
+        if self.progress is not None:
+            self.progress.advance(entry.size)
         with self.cond:
             if self.ordered:
                 self.done_chunks[entry.index] = (ok, value)
             else:
                 self.arrival.append((ok, value))
             self.cond.notify_all()
+            if self.async_wakers:
+                _aio.wake_loops(self.async_wakers)
 
     def deliver_error(self, index: int, exc: BaseException) -> None:
         with self.cond:
@@ -190,11 +218,17 @@ class _LazyMapState:
                 self.arrival.append((False, exc))
             self.total = index + 1
             self.cond.notify_all()
+            if self.async_wakers:
+                _aio.wake_loops(self.async_wakers)
+        if self.progress is not None:
+            self.progress.close()
 
     def finish(self, total: int) -> None:
         with self.cond:
             self.total = total
             self.cond.notify_all()
+            if self.async_wakers:
+                _aio.wake_loops(self.async_wakers)
 
 
 def _feed(
@@ -208,6 +242,7 @@ def _feed(
     task_timeout: float | None,
 ) -> None:
     index = 0
+    items = 0
     try:
         iterator = iter(iterable)
         func_id = runtime.func_id(func)
@@ -223,11 +258,14 @@ def _feed(
             while not state.window.acquire(timeout=0.1):
                 if state.abandoned or runtime.finished:
                     return
-            payload = pickle_chunk(func, func_id, chunk)
+            payload = pickle_chunk(func, func_id, chunk, runtime.cloudpickle)
             runtime.check_usable()
             handle = runtime.core.submit(kind, func_id, payload, True, front, task_timeout)
             runtime.pending[handle.task_id] = _ChunkEntry(state, index, handle, len(chunk))
             index += 1
+            items += len(chunk)
+        if state.progress is not None and not state.abandoned:
+            state.progress.set_total(items)
         state.finish(index)
     except BaseException as exc:  # noqa: BLE001 - raised to the consumer in order
         state.deliver_error(index, exc)
@@ -253,6 +291,7 @@ class IMapIterator(Iterator[Any]):
         window: int | None,
         timeout_error: type[BaseException],
         deadline: float | None = None,
+        progress: Progress | None = None,
     ) -> None:
         if chunksize is None and hasattr(iterable, "__len__"):
             chunksize = _rpool.default_chunksize(len(iterable), runtime.processes)  # type: ignore[arg-type]
@@ -261,6 +300,7 @@ class IMapIterator(Iterator[Any]):
         self._state = _LazyMapState(ordered, window)
         if chunksize is None:
             self._state.sizer = _rpool.ChunkSizer()
+        self._state.progress = progress
         self._timeout_error = timeout_error
         self._deadline = deadline
         self._buffer: deque[Any] = deque()
@@ -310,6 +350,13 @@ class IMapIterator(Iterator[Any]):
 
     __next__ = next
 
+    def __aiter__(self) -> IMapIterator:
+        """``async for x in pool.imap(...)``: results are awaited without blocking the loop."""
+        return self
+
+    def __anext__(self) -> Awaitable[Any]:
+        return _aio.imap_anext(self)
+
     def _take_chunk_locked(self) -> tuple[bool, Any] | None:
         state = self._state
         if state.ordered:
@@ -323,6 +370,10 @@ class IMapIterator(Iterator[Any]):
     def close(self) -> None:
         """Stops reading the input; chunks already sent still run."""
         self._state.abandoned = True
+        if self._state.progress is not None:
+            self._state.progress.close()
 
     def __del__(self) -> None:
         self._state.abandoned = True
+        if self._state.progress is not None:
+            self._state.progress.close()

@@ -12,6 +12,7 @@ import itertools
 import pickle
 import signal
 import traceback
+from collections.abc import Callable
 from concurrent.futures import CancelledError
 from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
 from multiprocessing import TimeoutError as MpTimeoutError
@@ -131,7 +132,7 @@ class WorkerCodec:
 
     def __init__(self, front: int) -> None:
         self.loads = pickle.loads
-        self.dumps = functools.partial(pickle.dumps, protocol=PROTOCOL)
+        self.dumps: Callable[[object], bytes] = functools.partial(pickle.dumps, protocol=PROTOCOL)
         if _cloud.results_fallback:  # set by the initializer of a ``cloudpickle=True`` pool
             self.dumps = _cloud.dumps_result
         self.encode_exception = encode_exception

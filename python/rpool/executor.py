@@ -16,8 +16,9 @@ from concurrent.futures import _base
 from multiprocessing.context import BaseContext
 from typing import Any
 
-from rpool import _rpool
+from rpool import _cloud, _insights, _rpool
 from rpool._mapping import IMapIterator, check_chunksize
+from rpool._progress import ProgressArg, make_progress
 from rpool._remote import FRONT_EXECUTOR, PROTOCOL
 from rpool._runtime import KIND_CALL, KIND_STARMAP, Runtime
 from rpool.pool import describe_unpicklable
@@ -137,7 +138,9 @@ class ProcessPoolExecutor(futures.Executor):
     Differences (deliberate): a worker that dies fails only the future it was running (with
     `rpool.WorkerLostError`, a `BrokenProcessPool`) and is replaced, so the executor keeps
     serving; `map` picks a chunk size automatically when ``chunksize`` is None (the default).
-    Keyword-only extension: ``retries`` re-runs tasks lost to a dead worker.
+    Keyword-only extensions: ``retries`` re-runs tasks lost to a dead worker;
+    ``cloudpickle=True`` sends what pickle refuses (lambdas, closures, interactively defined
+    functions) with cloudpickle. See also `stats` and ``map(..., progress=)``.
     """
 
     def __init__(
@@ -149,8 +152,10 @@ class ProcessPoolExecutor(futures.Executor):
         *,
         max_tasks_per_child: int | None = None,
         retries: int = 0,
+        cloudpickle: bool = False,
     ) -> None:
         self._runtime: Runtime | None = None
+        self._created = time.monotonic()
         if max_workers is None:
             max_workers = os.cpu_count() or 1
         elif max_workers <= 0:
@@ -181,6 +186,11 @@ class ProcessPoolExecutor(futures.Executor):
         self._feeders: list[threading.Thread] = []
         self._initializer = initializer
         self._initargs = tuple(initargs)
+        self._cloudpickle = cloudpickle
+        if cloudpickle:
+            spawned = mp_context.get_start_method(allow_none=False) != "fork"
+            self._initializer = _cloud.WorkerBoot(initializer, self._initargs, spawned)
+            self._initargs = ()
         self._max_tasks_per_child = max_tasks_per_child
         self._retries = retries
 
@@ -211,6 +221,7 @@ class ProcessPoolExecutor(futures.Executor):
                     worker_label="Process",
                 )
                 runtime.graceful_exit = True
+                runtime.cloudpickle = self._cloudpickle
                 self._runtime = runtime
             return self._runtime
 
@@ -265,12 +276,20 @@ class ProcessPoolExecutor(futures.Executor):
         try:
             if func_id:
                 payload = pickle.dumps((args, kwargs or None), PROTOCOL)
+            elif runtime.cloudpickle:
+                payload = _cloud.dumps_inline((fn, args, kwargs or None), fn)
             else:
                 payload = pickle.dumps((fn, args, kwargs or None), PROTOCOL)
         except Exception as exc:
-            exc.add_note(describe_unpicklable(args, kwargs))
-            future.set_exception(exc)
-            return future
+            try:
+                if not runtime.cloudpickle:
+                    raise
+                payload = _cloud.call_payload(fn, func_id, args, kwargs)
+            except Exception as error:
+                if error is exc:
+                    error.add_note(describe_unpicklable(args, kwargs))
+                future.set_exception(error)
+                return future
         try:
             handle = runtime.core.submit(KIND_CALL, func_id, payload, True, FRONT_EXECUTOR, timeout)
         except ValueError:  # closed concurrently by shutdown()
@@ -287,12 +306,15 @@ class ProcessPoolExecutor(futures.Executor):
         timeout: float | None = None,
         chunksize: int | None = None,
         buffersize: int | None = None,
+        progress: ProgressArg = None,
     ) -> Iterator[Any]:
         """Returns an iterator of ``fn(*items)`` in input order, computed in chunks.
 
         ``chunksize=None`` picks a chunk size (the stdlib's default of 1 is the slow case).
         ``buffersize`` bounds the number of chunks in flight, so an endless input works.
         ``timeout`` counts from this call; past it, iteration raises `TimeoutError`.
+        ``progress`` (rpool extension): True for a tqdm bar, a tqdm-like object, or a callable
+        ``f(done, total)``; advanced as chunks finish.
         """
         if buffersize is not None:
             if not isinstance(buffersize, int):
@@ -302,9 +324,11 @@ class ProcessPoolExecutor(futures.Executor):
         check_chunksize(chunksize)
         deadline = None if timeout is None else time.monotonic() + timeout
         runtime = self._live_runtime()
-        if chunksize is None and iterables and all(hasattr(i, "__len__") for i in iterables):
-            length = min(len(i) for i in iterables)  # type: ignore[arg-type]
-            chunksize = _rpool.default_chunksize(length, self._max_workers)
+        total = None
+        if iterables and all(hasattr(i, "__len__") for i in iterables):
+            total = min(len(i) for i in iterables)  # type: ignore[arg-type]
+        if chunksize is None and total is not None:
+            chunksize = _rpool.default_chunksize(total, self._max_workers)
         results = IMapIterator(
             runtime,
             fn,
@@ -317,11 +341,20 @@ class ProcessPoolExecutor(futures.Executor):
             window=buffersize if buffersize is not None else sys.maxsize,
             timeout_error=futures.TimeoutError,
             deadline=deadline,
+            progress=make_progress(progress, total),
         )
         with self._shutdown_lock:
             self._feeders = [t for t in self._feeders if t.is_alive()]
             self._feeders.append(results._feeder)
         return _result_iterator(results)
+
+    def stats(self) -> _insights.PoolStats:
+        """A snapshot of the executor (rpool extension): per-worker pid, tasks done, busy/idle
+        seconds; queued and in-flight tasks, restarts and throughput. Before the first
+        submission no worker has started and the snapshot is empty."""
+        runtime = self._runtime
+        raw = runtime.core.stats() if runtime is not None else None
+        return _insights.collect(raw, self._created)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Accepts no more work; waits for running and pending work when ``wait`` is true.

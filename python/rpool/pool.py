@@ -6,15 +6,17 @@ import multiprocessing
 import os
 import pickle
 import threading
+import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from multiprocessing import TimeoutError as MpTimeoutError
 from multiprocessing.context import BaseContext
 from types import TracebackType
 from typing import Any
 
-from rpool import _rpool
+from rpool import _cloud, _insights, _rpool
 from rpool._mapping import IMapIterator, MapResult, check_chunksize, pickle_chunk, split_chunks
+from rpool._progress import ProgressArg, make_progress
 from rpool._remote import FRONT_POOL, PROTOCOL, InitializerError
 from rpool._runtime import KIND_CALL, KIND_MAP, KIND_STARMAP, CallbackEntry, Runtime
 
@@ -66,9 +68,11 @@ class Pool:
     """A process pool with the `multiprocessing.pool.Pool` API.
 
     ``Pool(processes=None, initializer=None, initargs=(), maxtasksperchild=None, context=None)``
-    behaves like the stdlib. Keyword-only extension: ``retries`` re-runs a task whose worker
-    died up to that many times. ``chunksize=None`` (the default everywhere) picks a chunk size
-    automatically.
+    behaves like the stdlib. Keyword-only extensions: ``retries`` re-runs a task whose worker
+    died up to that many times; ``cloudpickle=True`` sends what pickle refuses (lambdas,
+    closures, interactively defined functions) with cloudpickle. ``chunksize=None`` (the
+    default everywhere) picks a chunk size automatically. See also `stats` and the
+    ``progress=`` option of the map family.
     """
 
     def __init__(
@@ -80,6 +84,7 @@ class Pool:
         context: BaseContext | None = None,
         *,
         retries: int = 0,
+        cloudpickle: bool = False,
     ) -> None:
         self._state = RUN
         self._runtime: Runtime | None = None
@@ -96,6 +101,10 @@ class Pool:
             raise ValueError("retries must be a non-negative int")
         self._ctx = context if context is not None else multiprocessing.get_context()
         self._processes = processes
+        if cloudpickle:
+            spawned = self._ctx.get_start_method() != "fork"
+            initializer, initargs = _cloud.WorkerBoot(initializer, tuple(initargs), spawned), ()
+        self._created = time.monotonic()
         self._runtime = Runtime(
             processes=processes,
             initializer=initializer,
@@ -107,6 +116,7 @@ class Pool:
             daemon=True,
             worker_label="PoolWorker",
         )
+        self._runtime.cloudpickle = cloudpickle
         self._lock = threading.Lock()
 
     # --- helpers ---------------------------------------------------------------------------
@@ -168,13 +178,21 @@ class Pool:
         try:
             if func_id:
                 payload = pickle.dumps((args, kwds or None), PROTOCOL)
+            elif runtime.cloudpickle:
+                payload = _cloud.dumps_inline((func, args, kwds or None), func)
             else:
                 payload = pickle.dumps((func, args, kwds or None), PROTOCOL)
         except Exception as exc:
-            exc.add_note(describe_unpicklable(args, kwds or {}))
-            if error_callback is not None:
-                error_callback(exc)
-            return _FailedResult(exc)
+            try:
+                if not runtime.cloudpickle:
+                    raise
+                payload = _cloud.call_payload(func, func_id, args, kwds)
+            except Exception as error:
+                if error is exc:
+                    error.add_note(describe_unpicklable(args, kwds or {}))
+                if error_callback is not None:
+                    error_callback(error)
+                return _FailedResult(error)
         notify = callback is not None or error_callback is not None
         handle = runtime.core.submit(KIND_CALL, func_id, payload, notify, FRONT_POOL, timeout)
         if notify:
@@ -192,6 +210,7 @@ class Pool:
         callback: Callable[[list[Any]], object] | None,
         error_callback: Callable[[BaseException], object] | None,
         task_timeout: float | None,
+        progress: ProgressArg = None,
     ) -> MapResult:
         result = MapResult(callback, error_callback)
         try:
@@ -203,6 +222,8 @@ class Pool:
         if not hasattr(iterable, "__len__"):
             iterable = list(iterable)
         length = len(iterable)  # type: ignore[arg-type]
+        if length:
+            result._progress = make_progress(progress, length)
         if chunksize is None:
             chunksize = _rpool.default_chunksize(length, self._processes)
         func_id = runtime.func_id(func)
@@ -214,7 +235,7 @@ class Pool:
             # still pickling the rest. A chunk that cannot be pickled fails the whole map (as in
             # the stdlib, whose task thread also pickles chunk by chunk).
             try:
-                payload = pickle_chunk(func, func_id, chunk)
+                payload = pickle_chunk(func, func_id, chunk, runtime.cloudpickle)
             except Exception as exc:
                 exc.add_note(
                     "rpool: an item of the map's input (or its function) could not be pickled"
@@ -232,9 +253,12 @@ class Pool:
         chunksize: int | None = None,
         *,
         task_timeout: float | None = None,
+        progress: ProgressArg = None,
     ) -> list[Any]:
         """Like the builtin `map`, in parallel; returns a list in input order."""
-        return self._map_async(func, iterable, KIND_MAP, chunksize, None, None, task_timeout).get()
+        return self._map_async(
+            func, iterable, KIND_MAP, chunksize, None, None, task_timeout, progress
+        ).get()
 
     def map_async(
         self,
@@ -245,10 +269,11 @@ class Pool:
         error_callback: Callable[[BaseException], object] | None = None,
         *,
         task_timeout: float | None = None,
+        progress: ProgressArg = None,
     ) -> MapResult:
         """Asynchronous `map`; returns a `MapResult`."""
         return self._map_async(
-            func, iterable, KIND_MAP, chunksize, callback, error_callback, task_timeout
+            func, iterable, KIND_MAP, chunksize, callback, error_callback, task_timeout, progress
         )
 
     def starmap(
@@ -258,10 +283,11 @@ class Pool:
         chunksize: int | None = None,
         *,
         task_timeout: float | None = None,
+        progress: ProgressArg = None,
     ) -> list[Any]:
         """Like `map`, but each item is unpacked as the arguments: ``func(*item)``."""
         return self._map_async(
-            func, iterable, KIND_STARMAP, chunksize, None, None, task_timeout
+            func, iterable, KIND_STARMAP, chunksize, None, None, task_timeout, progress
         ).get()
 
     def starmap_async(
@@ -273,10 +299,18 @@ class Pool:
         error_callback: Callable[[BaseException], object] | None = None,
         *,
         task_timeout: float | None = None,
+        progress: ProgressArg = None,
     ) -> MapResult:
         """Asynchronous `starmap`; returns a `MapResult`."""
         return self._map_async(
-            func, iterable, KIND_STARMAP, chunksize, callback, error_callback, task_timeout
+            func,
+            iterable,
+            KIND_STARMAP,
+            chunksize,
+            callback,
+            error_callback,
+            task_timeout,
+            progress,
         )
 
     def _imap(
@@ -286,9 +320,11 @@ class Pool:
         chunksize: int | None,
         ordered: bool,
         task_timeout: float | None,
+        progress: ProgressArg = None,
     ) -> IMapIterator:
         runtime = self._live_runtime()
         check_chunksize(chunksize)
+        total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
         return IMapIterator(
             runtime,
             func,
@@ -300,6 +336,7 @@ class Pool:
             task_timeout=task_timeout,
             window=None,
             timeout_error=MpTimeoutError,
+            progress=make_progress(progress, total),
         )
 
     def imap(
@@ -309,9 +346,10 @@ class Pool:
         chunksize: int | None = None,
         *,
         task_timeout: float | None = None,
-    ) -> Iterator[Any]:
+        progress: ProgressArg = None,
+    ) -> IMapIterator:
         """Lazy `map`: reads the input as results are consumed; yields in input order."""
-        return self._imap(func, iterable, chunksize, True, task_timeout)
+        return self._imap(func, iterable, chunksize, True, task_timeout, progress)
 
     def imap_unordered(
         self,
@@ -320,9 +358,20 @@ class Pool:
         chunksize: int | None = None,
         *,
         task_timeout: float | None = None,
-    ) -> Iterator[Any]:
+        progress: ProgressArg = None,
+    ) -> IMapIterator:
         """Like `imap`, but yields results as they finish."""
-        return self._imap(func, iterable, chunksize, False, task_timeout)
+        return self._imap(func, iterable, chunksize, False, task_timeout, progress)
+
+    # --- insights (rpool extension) ---------------------------------------------------------
+
+    def stats(self) -> _insights.PoolStats:
+        """A snapshot of the pool: per-worker pid, tasks done, busy/idle seconds; queued and
+        in-flight tasks, restarts and throughput. Counters lag by up to a fraction of a second.
+        """
+        runtime = self._runtime
+        raw = runtime.core.stats() if runtime is not None else None
+        return _insights.collect(raw, self._created)
 
     # --- lifecycle -------------------------------------------------------------------------
 
