@@ -223,3 +223,77 @@ def return_crash_on_pickle(kind):
 
 def return_crash_on_unpickle(kind):
     return CrashOnUnpickle(kind)
+
+
+# --- rpool extensions: worker_state(), cloudpickle, stats --------------------------------
+
+
+def open_db(path):
+    """Initializer: one sqlite3 connection per worker, kept in rpool.worker_state()."""
+    import sqlite3
+
+    import rpool
+
+    state = rpool.worker_state()
+    state.db = sqlite3.connect(path)
+    state.queries = 0
+
+
+def db_lookup(key):
+    """(pid, id of this worker's connection, queries this worker ran, value for key)."""
+    import rpool
+
+    state = rpool.worker_state()
+    state.queries += 1
+    row = state.db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+    return os.getpid(), id(state.db), state.queries, row[0]
+
+
+def count_in_state(_=None):
+    """Counts this worker's calls in rpool.worker_state(); returns (pid, count)."""
+    import rpool
+
+    state = rpool.worker_state()
+    state.calls = getattr(state, "calls", 0) + 1
+    return os.getpid(), state.calls
+
+
+def state_keys(_=None):
+    """The attribute names in this worker's rpool.worker_state()."""
+    import rpool
+
+    return sorted(vars(rpool.worker_state()))
+
+
+def call_with(func, value):
+    """Calls `func(value)` in the worker (func may be a lambda sent with cloudpickle)."""
+    return func(value)
+
+
+def make_adder(k):
+    """A closure: standard pickle refuses it, cloudpickle sends it by value."""
+
+    def add_k(x):
+        return x + k
+
+    return add_k
+
+
+_LAMBDA_INIT = None
+
+
+def store_for_lambda_init(value):
+    global _LAMBDA_INIT
+    _LAMBDA_INIT = value
+
+
+def read_lambda_init(_=None):
+    return _LAMBDA_INIT
+
+
+def busy_for(seconds):
+    """Spins (not sleeps) for `seconds` so busy time shows up in stats."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+    return os.getpid()
