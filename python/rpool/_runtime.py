@@ -54,6 +54,9 @@ UNMATCHED_RETRY_SECONDS = 0.001
 # A notice whose entry never appears (the submitting thread died in between) is dropped.
 UNMATCHED_GIVE_UP = 10.0
 
+# After an initializer failure, workers get this long to exit on their own before being killed.
+INIT_FAILURE_GRACE_SECONDS = 1.0
+
 # A terminated worker that ignores SIGTERM this long is killed.
 TERMINATE_GRACE_SECONDS = 1.0
 
@@ -114,6 +117,7 @@ class Runtime:
         self._procs: dict[int, BaseProcess] = {}
         self._procs_lock = threading.Lock()
         self._stopping = False  # terminate: no more workers, kill the ones there are
+        self._kill_after = 0.0  # monotonic time from which stopping workers are killed
         self._closing = False  # close: finish the queue, then release the workers
         self._finished = threading.Event()  # supervisor and core are done
         self._notifier_stop = False
@@ -272,13 +276,15 @@ class Runtime:
                             traceback.print_exc()
                 elif kind == "init_failed":
                     self.broken = True
+                    # Workers whose initializer failed exit by themselves; killing them at once
+                    # would lose what they were still flushing (e.g. queued log records).
+                    self._kill_after = time.monotonic() + INIT_FAILURE_GRACE_SECONDS
                     self._stopping = True
-                    self._kill_all()
             with self._procs_lock:
                 alive = len(self._procs)
             if alive == 0 and (self._stopping or (self._closing and core.outstanding() == 0)):
                 return
-            if self._stopping:
+            if self._stopping and time.monotonic() >= self._kill_after:
                 self._kill_all()
 
     def _kill_all(self) -> None:
@@ -346,6 +352,7 @@ class Runtime:
         self.core.close()
 
     def terminate(self) -> None:
+        self._kill_after = 0.0
         self._stopping = True
         self.core.terminate()
         self._kill_all()

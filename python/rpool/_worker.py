@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable, Sequence
+from multiprocessing import util as mp_util
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -48,6 +49,11 @@ def worker_main(
                 logging.getLogger("concurrent.futures").critical(
                     "Exception in initializer:", exc_info=True
                 )
-            _rpool.send_init_failure(result_fd, encode_exception(exc))
+            payload = encode_exception(exc)
+            # Flush what this process still owes (multiprocessing queues fed by the initializer,
+            # log records) before the parent learns that the pool is broken, as the stdlib's
+            # parent only notices once the worker has exited.
+            mp_util._run_finalizers()  # type: ignore[attr-defined]
+            _rpool.send_init_failure(result_fd, payload)
             return
     _rpool.worker_loop(task_fd, result_fd, WorkerCodec(front), max_tasks)

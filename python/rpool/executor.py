@@ -199,7 +199,7 @@ class ProcessPoolExecutor(futures.Executor):
         """The stdlib's private flag, kept for code that polls it: a message once the
         executor is broken (its initializer failed), else False."""
         runtime = self._runtime
-        if runtime is not None and runtime.core.broken_payload() is not None:
+        if runtime is not None and runtime.broken:  # the flag submit() checks
             return "A child process terminated abruptly, the process pool is not usable anymore"
         return False
 
