@@ -33,6 +33,11 @@ const MAX_IN_FLIGHT: usize = 512;
 const SLOW_FRONT_FACTOR: f64 = 10.0;
 const SLOW_FRONT_MIN: Duration = Duration::from_millis(2);
 
+/// A worker whose current task has run this long (and at least `SLOW_FRONT_FACTOR` times its
+/// average) while another worker idles with nothing queued is asked to give back the tasks
+/// waiting behind the slow one.
+const STEAL_AFTER: Duration = Duration::from_millis(5);
+
 /// Bytes read per `read` call at least; a burst of small results arrives in one call.
 const READ_CHUNK: usize = 256 * 1024;
 
@@ -64,6 +69,8 @@ struct Worker {
     exited: bool,
     /// A shutdown frame is queued; the task pipe closes once it is written.
     releasing: bool,
+    /// A `Steal` was sent and its `Returned` answer has not arrived yet.
+    steal_pending: bool,
     tasks_done: u64,
     busy_ns: u64,
 }
@@ -89,6 +96,7 @@ impl Worker {
             timed_out: None,
             exited: false,
             releasing: false,
+            steal_pending: false,
             tasks_done: 0,
             busy_ns: 0,
         }
@@ -343,6 +351,81 @@ impl IoLoop {
             }
             worker.in_flight.push_back(task);
         }
+        if self.queue.is_empty() {
+            self.steal_for_idle_workers();
+        }
+    }
+
+    /// When the queue is empty and a worker idles, take back the unstarted tasks of a worker
+    /// that is stuck on a slow task.
+    fn steal_for_idle_workers(&mut self) {
+        let quota = self.shared.config.max_tasks_per_worker;
+        let idle = self
+            .workers
+            .iter()
+            .filter(|w| w.ready && w.in_flight.is_empty() && w.accepts_tasks(quota, 0, 0))
+            .count();
+        if idle == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut victims: Vec<usize> = self
+            .workers
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| steal_eligible(w, now))
+            .map(|(index, _)| index)
+            .collect();
+        victims.sort_by_key(|&index| std::cmp::Reverse(self.workers[index].in_flight.len()));
+        for index in victims.into_iter().take(idle) {
+            let worker = &mut self.workers[index];
+            worker.out.push_frame(FrameKind::Steal, 0, 0, b"");
+            worker.steal_pending = true;
+        }
+    }
+
+    /// When the next steal could become due (for the poll timeout).
+    fn next_steal_check(&self) -> Option<Instant> {
+        if !self.queue.is_empty()
+            || !self
+                .workers
+                .iter()
+                .any(|w| w.ready && w.in_flight.is_empty())
+        {
+            return None;
+        }
+        self.workers
+            .iter()
+            .filter(|w| w.in_flight.len() >= 2 && !w.steal_pending && !w.exited)
+            .filter_map(|w| w.front_started.map(|started| started + steal_patience(w)))
+            .min()
+    }
+
+    /// Puts tasks a worker gave back at the front of the queue, in their original order.
+    fn tasks_returned(&mut self, index: usize, payload: &[u8]) {
+        let ids: HashSet<u64> = payload
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+            .collect();
+        let worker = &mut self.workers[index];
+        worker.steal_pending = false;
+        if ids.is_empty() {
+            return;
+        }
+        let mut kept = VecDeque::with_capacity(worker.in_flight.len());
+        let mut returned = Vec::new();
+        for task in worker.in_flight.drain(..) {
+            if ids.contains(&task.slot.id.0) {
+                returned.push(task);
+            } else {
+                kept.push_back(task);
+            }
+        }
+        worker.in_flight = kept;
+        worker.assigned = worker.assigned.saturating_sub(returned.len() as u64);
+        for task in returned.into_iter().rev() {
+            self.queue.push_front(task);
+        }
     }
 
     fn flush_writes(&mut self, index: usize) {
@@ -425,6 +508,11 @@ impl IoLoop {
             if let Some(deadline) = front_deadline(worker) {
                 timeout = timeout.min(deadline.saturating_duration_since(now));
             }
+        }
+        if let Some(due) = self.next_steal_check() {
+            // +1 ms so the check runs after the moment, not just before it.
+            let wait = due.saturating_duration_since(now) + Duration::from_millis(1);
+            timeout = timeout.min(wait);
         }
         timeout
     }
@@ -548,6 +636,7 @@ impl IoLoop {
                     };
                     self.finish_task(task, outcome, frame.aux);
                 }
+                FrameKind::Returned => self.tasks_returned(index, &frame.payload),
                 FrameKind::InitFailed => {
                     let payload = Arc::new(frame.payload);
                     self.shared.mark_broken(payload.clone());
@@ -675,6 +764,23 @@ impl IoLoop {
             }
         }
     }
+}
+
+/// How long a worker's current task may run before tasks queued behind it may be stolen.
+fn steal_patience(worker: &Worker) -> Duration {
+    let expected_ns = worker.task_ns_ewma.unwrap_or(0.0) * SLOW_FRONT_FACTOR;
+    Duration::from_nanos(expected_ns as u64).max(STEAL_AFTER)
+}
+
+fn steal_eligible(worker: &Worker, now: Instant) -> bool {
+    worker.in_flight.len() >= 2
+        && !worker.steal_pending
+        && !worker.exited
+        && !worker.releasing
+        && worker.task_pipe.is_some()
+        && worker
+            .front_started
+            .is_some_and(|started| now.duration_since(started) >= steal_patience(worker))
 }
 
 fn front_deadline(worker: &Worker) -> Option<Instant> {

@@ -54,6 +54,8 @@ pub enum FrameKind {
     DefineFunc = 4,
     /// Finish: the pool is closing and this worker will get no more tasks.
     Shutdown = 5,
+    /// Give back every task not started yet (answered with `Returned`).
+    Steal = 6,
     /// Worker finished its initializer and waits for tasks; aux = pid.
     Ready = 10,
     /// Task `id` succeeded; payload = pickled value; aux = compute time in ns.
@@ -62,6 +64,8 @@ pub enum FrameKind {
     Err = 12,
     /// The initializer raised; payload = pickled (exception, traceback text).
     InitFailed = 13,
+    /// Answer to `Steal`: payload = ids (u64 LE) of tasks the worker will not run; aux = count.
+    Returned = 14,
 }
 
 impl FrameKind {
@@ -73,10 +77,12 @@ impl FrameKind {
             3 => Self::StarMap,
             4 => Self::DefineFunc,
             5 => Self::Shutdown,
+            6 => Self::Steal,
             10 => Self::Ready,
             11 => Self::Ok,
             12 => Self::Err,
             13 => Self::InitFailed,
+            14 => Self::Returned,
             other => return Err(ProtocolError::UnknownKind(other)),
         })
     }

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::RawFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyKeyError, PyOSError};
@@ -15,7 +16,10 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
 use crate::posix;
-use crate::protocol::{encode_frame, encode_header, FrameKind, FrameReader, LARGE_PAYLOAD};
+use crate::protocol::{encode_frame, encode_header, FrameKind, LARGE_PAYLOAD};
+
+mod inbox;
+use inbox::{Inbox, Next, ResultPipe};
 
 /// Results wait in the output buffer at most this long before they are written, so a burst of
 /// tiny tasks shares one `write` while a slow task's result still leaves promptly.
@@ -27,9 +31,6 @@ const FLUSH_BYTES: usize = 256 * 1024;
 /// After the parent's end of the task pipe closes, a worker still busy with a task gets this
 /// long to finish on its own before the watchdog ends the process.
 const ORPHAN_GRACE: Duration = Duration::from_millis(1000);
-
-/// Read size for the task pipe.
-const READ_CHUNK: usize = 256 * 1024;
 
 /// Sets up the worker's process-level safety nets. Call first thing in the worker.
 #[pyfunction]
@@ -98,7 +99,8 @@ impl<'py> Codec<'py> {
 /// A cached callable, or the exception its pickle raised (reported by every task that uses it).
 type CachedFunc = Result<Py<PyAny>, PyErr>;
 
-/// Runs tasks until the task pipe reaches end of file or `max_tasks` tasks are done.
+/// Runs tasks until the pool releases the worker, the task pipe closes, or `max_tasks` tasks
+/// are done.
 #[pyfunction]
 #[pyo3(signature = (task_fd, result_fd, codec, max_tasks=None))]
 pub(crate) fn worker_loop(
@@ -110,98 +112,101 @@ pub(crate) fn worker_loop(
 ) -> PyResult<()> {
     let codec = Codec::new(codec)?;
     let io_err = |e: std::io::Error| PyOSError::new_err(format!("rpool worker pipe: {e}"));
-    let mut reader = FrameReader::new();
+    let results = Arc::new(ResultPipe::new(result_fd));
+    let inbox = Arc::new(Inbox::default());
     let mut out = Vec::with_capacity(64 * 1024);
     let mut funcs: HashMap<u64, CachedFunc> = HashMap::new();
     let mut done: u64 = 0;
-    encode_frame(
-        &mut out,
-        FrameKind::Ready,
-        0,
-        posix::current_pid() as u64,
-        b"",
-    );
-    flush(py, result_fd, &mut out).map_err(io_err)?;
+    let pid = posix::current_pid() as u64;
+    encode_frame(&mut out, FrameKind::Ready, 0, pid, b"");
+    flush(py, &results, &mut out).map_err(io_err)?;
+    inbox::start_reader(task_fd, inbox.clone(), results.clone()).map_err(io_err)?;
     let mut oldest_unflushed: Option<Instant> = None;
     loop {
-        while let Some(frame) = reader
-            .next_frame()
-            .map_err(|e| PyOSError::new_err(e.to_string()))?
-        {
-            match frame.kind {
-                FrameKind::DefineFunc => {
-                    let func = codec
-                        .loads
-                        .call1((PyBytes::new(py, &frame.payload),))
-                        .map(Bound::unbind);
-                    funcs.insert(frame.id, func);
+        let next = match inbox.try_next() {
+            Some(next) => next,
+            None => {
+                // Nothing queued: send what is buffered, then wait without the GIL.
+                flush(py, &results, &mut out).map_err(io_err)?;
+                oldest_unflushed = None;
+                let inbox = inbox.clone();
+                py.detach(move || inbox.next())
+            }
+        };
+        let frame = match next {
+            Next::Frame(frame) => frame,
+            Next::Closed => {
+                flush(py, &results, &mut out).map_err(io_err)?;
+                return Ok(());
+            }
+            Next::Failed(message) => {
+                return Err(PyOSError::new_err(format!(
+                    "rpool worker task pipe: {message}"
+                )));
+            }
+        };
+        match frame.kind {
+            FrameKind::DefineFunc => {
+                let func = codec
+                    .loads
+                    .call1((PyBytes::new(py, &frame.payload),))
+                    .map(Bound::unbind);
+                funcs.insert(frame.id, func);
+            }
+            FrameKind::Call | FrameKind::Map | FrameKind::StarMap => {
+                if oldest_unflushed.is_some_and(|t| t.elapsed() >= FLUSH_AFTER) {
+                    flush(py, &results, &mut out).map_err(io_err)?;
+                    oldest_unflushed = None;
                 }
-                FrameKind::Call | FrameKind::Map | FrameKind::StarMap => {
-                    if oldest_unflushed.is_some_and(|t| t.elapsed() >= FLUSH_AFTER) {
-                        flush(py, result_fd, &mut out).map_err(io_err)?;
-                        oldest_unflushed = None;
-                    }
-                    let started = Instant::now();
-                    let (ok, payload) =
-                        run_task(py, &codec, &funcs, frame.kind, frame.aux, &frame.payload)?;
-                    let elapsed = started.elapsed();
-                    let kind = if ok { FrameKind::Ok } else { FrameKind::Err };
-                    let result = payload.as_bytes();
-                    let elapsed_ns = elapsed.as_nanos() as u64;
-                    if result.len() >= LARGE_PAYLOAD {
-                        // Written straight from the pickle's buffer: no copy into `out`.
-                        flush(py, result_fd, &mut out).map_err(io_err)?;
-                        let header = encode_header(kind, frame.id, elapsed_ns, result.len());
-                        py.detach(|| {
-                            posix::write_all(result_fd, &header)?;
-                            posix::write_all(result_fd, result)
-                        })
+                let started = Instant::now();
+                let (ok, payload) =
+                    run_task(py, &codec, &funcs, frame.kind, frame.aux, &frame.payload)?;
+                let elapsed = started.elapsed();
+                let kind = if ok { FrameKind::Ok } else { FrameKind::Err };
+                let result = payload.as_bytes();
+                let elapsed_ns = elapsed.as_nanos() as u64;
+                if result.len() >= LARGE_PAYLOAD {
+                    // Written straight from the pickle's buffer: no copy into `out`.
+                    flush(py, &results, &mut out).map_err(io_err)?;
+                    let header = encode_header(kind, frame.id, elapsed_ns, result.len());
+                    py.detach(|| results.write_parts(&[&header, result]))
                         .map_err(io_err)?;
-                    } else {
-                        encode_frame(&mut out, kind, frame.id, elapsed_ns, result);
-                    }
-                    oldest_unflushed.get_or_insert(started);
-                    done += 1;
-                    let finished = max_tasks.is_some_and(|limit| done >= limit);
-                    if finished || elapsed >= FLUSH_AFTER || out.len() >= FLUSH_BYTES {
-                        flush(py, result_fd, &mut out).map_err(io_err)?;
-                        oldest_unflushed = None;
-                    }
-                    if finished {
-                        return Ok(());
-                    }
+                } else {
+                    encode_frame(&mut out, kind, frame.id, elapsed_ns, result);
                 }
-                FrameKind::Shutdown => {
-                    flush(py, result_fd, &mut out).map_err(io_err)?;
+                oldest_unflushed.get_or_insert(started);
+                done += 1;
+                let finished = max_tasks.is_some_and(|limit| done >= limit);
+                if finished || elapsed >= FLUSH_AFTER || out.len() >= FLUSH_BYTES {
+                    flush(py, &results, &mut out).map_err(io_err)?;
+                    oldest_unflushed = None;
+                }
+                if finished {
                     return Ok(());
                 }
-                other => {
-                    return Err(PyOSError::new_err(format!(
-                        "rpool worker got unexpected frame {other:?}"
-                    )));
-                }
+            }
+            FrameKind::Shutdown => {
+                flush(py, &results, &mut out).map_err(io_err)?;
+                return Ok(());
+            }
+            other => {
+                return Err(PyOSError::new_err(format!(
+                    "rpool worker got unexpected frame {other:?}"
+                )));
             }
         }
-        flush(py, result_fd, &mut out).map_err(io_err)?;
-        oldest_unflushed = None;
-        let space = reader.spare(READ_CHUNK);
-        let n = py.detach(|| posix::read(task_fd, space)).map_err(io_err)?;
-        if n == 0 {
-            return Ok(());
-        }
-        reader.commit(n);
     }
 }
 
-fn flush(py: Python<'_>, fd: RawFd, out: &mut Vec<u8>) -> std::io::Result<()> {
+fn flush(py: Python<'_>, results: &ResultPipe, out: &mut Vec<u8>) -> std::io::Result<()> {
     if out.is_empty() {
         return Ok(());
     }
     let bytes = std::mem::take(out);
-    let result = py.detach(|| posix::write_all(fd, &bytes));
+    let outcome = py.detach(|| results.write_parts(&[&bytes]));
     *out = bytes;
     out.clear();
-    result
+    outcome
 }
 
 /// Runs one task; returns (succeeded, pickled value or pickled failure).

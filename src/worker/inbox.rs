@@ -1,0 +1,227 @@
+//! The worker's reading side: a thread that reads the task pipe all the time (so the parent can
+//! take back tasks while a long one runs), and the result pipe shared by that thread and the
+//! main loop.
+//!
+//! Work stealing: when the parent sees a worker stuck on a slow task with more tasks queued
+//! behind it while another worker idles, it sends `Steal`. The reader thread removes every
+//! task the main loop has not started and answers `Returned` with their ids; the parent gives
+//! them to other workers. The main loop never starts a returned task, because both sides take
+//! tasks out of the same locked queue.
+#![forbid(unsafe_code)]
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::posix;
+use crate::protocol::{encode_frame, Frame, FrameKind, FrameReader};
+
+/// Bytes requested per read of the task pipe.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// The result pipe; writes from the main loop and the reader thread never interleave.
+pub(crate) struct ResultPipe {
+    fd: RawFd,
+    lock: Mutex<()>,
+}
+
+impl ResultPipe {
+    pub(crate) fn new(fd: RawFd) -> Self {
+        Self {
+            fd,
+            lock: Mutex::new(()),
+        }
+    }
+
+    /// Writes the parts back to back as one unit.
+    pub(crate) fn write_parts(&self, parts: &[&[u8]]) -> io::Result<()> {
+        let _guard = self.lock.lock();
+        for part in parts {
+            posix::write_all(self.fd, part)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct InboxState {
+    frames: VecDeque<Frame>,
+    closed: bool,
+    error: Option<String>,
+}
+
+/// Frames read from the task pipe, waiting for the main loop.
+#[derive(Default)]
+pub(crate) struct Inbox {
+    state: Mutex<InboxState>,
+    cond: Condvar,
+}
+
+/// What the main loop gets next.
+pub(crate) enum Next {
+    Frame(Frame),
+    /// The parent closed the task pipe.
+    Closed,
+    Failed(String),
+}
+
+impl Inbox {
+    /// The next frame if one is queued, without waiting.
+    pub(crate) fn try_next(&self) -> Option<Next> {
+        let mut state = self.state.lock();
+        Self::take(&mut state)
+    }
+
+    /// Waits for the next frame (call without the GIL).
+    pub(crate) fn next(&self) -> Next {
+        let mut state = self.state.lock();
+        loop {
+            if let Some(next) = Self::take(&mut state) {
+                return next;
+            }
+            self.cond.wait(&mut state);
+        }
+    }
+
+    fn take(state: &mut InboxState) -> Option<Next> {
+        if let Some(frame) = state.frames.pop_front() {
+            return Some(Next::Frame(frame));
+        }
+        if let Some(error) = &state.error {
+            return Some(Next::Failed(error.clone()));
+        }
+        state.closed.then_some(Next::Closed)
+    }
+
+    fn push(&self, frame: Frame) {
+        self.state.lock().frames.push_back(frame);
+        self.cond.notify_one();
+    }
+
+    fn finish(&self, error: Option<String>) {
+        let mut state = self.state.lock();
+        state.closed = true;
+        state.error = error;
+        drop(state);
+        self.cond.notify_all();
+    }
+
+    /// Removes every queued task frame (not started by the main loop) and returns their ids.
+    fn take_back_tasks(&self) -> Vec<u64> {
+        let mut state = self.state.lock();
+        let mut ids = Vec::new();
+        state.frames.retain(|frame| {
+            let is_task = matches!(
+                frame.kind,
+                FrameKind::Call | FrameKind::Map | FrameKind::StarMap
+            );
+            if is_task {
+                ids.push(frame.id);
+            }
+            !is_task
+        });
+        ids
+    }
+}
+
+/// Starts the thread that reads the task pipe into `inbox`.
+pub(crate) fn start_reader(
+    task_fd: RawFd,
+    inbox: Arc<Inbox>,
+    results: Arc<ResultPipe>,
+) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("rpool-reader".into())
+        .spawn(move || {
+            let error = read_tasks(task_fd, &inbox, &results)
+                .err()
+                .map(|e| e.to_string());
+            inbox.finish(error);
+        })?;
+    Ok(())
+}
+
+fn read_tasks(task_fd: RawFd, inbox: &Inbox, results: &ResultPipe) -> io::Result<()> {
+    let mut reader = FrameReader::new();
+    loop {
+        let space = reader.spare(READ_CHUNK);
+        let n = posix::read(task_fd, space)?;
+        if n == 0 {
+            return Ok(());
+        }
+        reader.commit(n);
+        while let Some(frame) = reader
+            .next_frame()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
+        {
+            if frame.kind == FrameKind::Steal {
+                let ids = inbox.take_back_tasks();
+                let payload: Vec<u8> = ids.iter().flat_map(|id| id.to_le_bytes()).collect();
+                let mut out = Vec::with_capacity(payload.len() + 32);
+                encode_frame(&mut out, FrameKind::Returned, 0, ids.len() as u64, &payload);
+                results.write_parts(&[&out])?;
+            } else {
+                inbox.push(frame);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn steal_returns_only_tasks_not_yet_taken() {
+        let (task_r, task_w) = posix::pipe(false).unwrap();
+        let (result_r, result_w) = posix::pipe(false).unwrap();
+        let inbox = Arc::new(Inbox::default());
+        let results = Arc::new(ResultPipe::new(result_w.as_raw_fd()));
+        start_reader(task_r.as_raw_fd(), inbox.clone(), results).unwrap();
+        let mut out = Vec::new();
+        encode_frame(&mut out, FrameKind::Call, 1, 0, b"a");
+        encode_frame(&mut out, FrameKind::DefineFunc, 9, 0, b"f");
+        encode_frame(&mut out, FrameKind::Call, 2, 0, b"b");
+        encode_frame(&mut out, FrameKind::Map, 3, 0, b"c");
+        posix::write_all(task_w.as_raw_fd(), &out).unwrap();
+        // The main loop takes task 1 first.
+        match inbox.next() {
+            Next::Frame(frame) => assert_eq!(frame.id, 1),
+            _ => panic!("expected task 1"),
+        }
+        // Wait until the reader has queued the rest, then steal.
+        while inbox.state.lock().frames.len() < 3 {
+            std::thread::yield_now();
+        }
+        let mut steal = Vec::new();
+        encode_frame(&mut steal, FrameKind::Steal, 0, 0, b"");
+        posix::write_all(task_w.as_raw_fd(), &steal).unwrap();
+        let mut reader = FrameReader::new();
+        let returned = loop {
+            let space = reader.spare(1024);
+            let n = posix::read(result_r.as_raw_fd(), space).unwrap();
+            reader.commit(n);
+            if let Some(frame) = reader.next_frame().unwrap() {
+                break frame;
+            }
+        };
+        assert_eq!(returned.kind, FrameKind::Returned);
+        let ids: Vec<u64> = returned
+            .payload
+            .chunks(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(ids, vec![2, 3]);
+        // The function definition stays; the stolen tasks are gone.
+        match inbox.try_next() {
+            Some(Next::Frame(frame)) => assert_eq!(frame.kind, FrameKind::DefineFunc),
+            _ => panic!("expected the definition"),
+        }
+        drop(task_w);
+        assert!(matches!(inbox.next(), Next::Closed));
+    }
+}

@@ -1,0 +1,45 @@
+"""Work stealing: tasks queued on a worker behind a slow task are taken back and run elsewhere
+instead of waiting for the slow task (the stdlib's shared queue never has that problem)."""
+
+import pytest
+from _helpers import release, wait_started
+
+import _tasks
+import rpool
+
+GET_TIMEOUT = 20
+
+
+@pytest.mark.timeout(60)
+def test_tasks_behind_a_blocked_task_run_on_the_idle_worker(ctx, tmp_path):
+    gate = tmp_path / "release"
+    started = tmp_path / "started"
+    started.mkdir()
+    with rpool.Pool(2, context=ctx) as pool:
+        # Teach the workers that tasks are fast, so the pool queues many per worker.
+        assert pool.map(_tasks.square, range(200), chunksize=1) == [i * i for i in range(200)]
+        blocker = pool.apply_async(_tasks.block_until, (str(gate), str(started)))
+        quick = [pool.apply_async(_tasks.square, (i,)) for i in range(40)]
+        wait_started(started, 1)
+        # Every quick task finishes while the blocker still holds its worker; without
+        # stealing, those queued behind the blocker would wait for the gate forever.
+        assert [r.get(timeout=GET_TIMEOUT) for r in quick] == [i * i for i in range(40)]
+        assert not blocker.ready()
+        release(gate)
+        blocker.get(timeout=GET_TIMEOUT)
+
+
+@pytest.mark.timeout(60)
+def test_executor_futures_behind_a_blocked_task_complete(ctx, tmp_path):
+    gate = tmp_path / "release"
+    started = tmp_path / "started"
+    started.mkdir()
+    with rpool.ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        assert list(ex.map(_tasks.square, range(200), chunksize=1)) == [i * i for i in range(200)]
+        blocker = ex.submit(_tasks.block_until, str(gate), str(started))
+        quick = [ex.submit(_tasks.square, i) for i in range(40)]
+        wait_started(started, 1)
+        assert [f.result(timeout=GET_TIMEOUT) for f in quick] == [i * i for i in range(40)]
+        assert not blocker.done()
+        release(gate)
+        blocker.result(timeout=GET_TIMEOUT)
