@@ -37,6 +37,17 @@ def test_await_apply_async_and_map_async(pool):
     assert run(main()) == (36, [0, 1, 4, 9, 16], 3)
 
 
+def test_results_are_awaitable_directly(pool):
+    async def main():
+        value = await pool.apply_async(_tasks.square, (7,))
+        mapped = await pool.map_async(_tasks.square, range(4))
+        with pytest.raises(ValueError, match="direct"):
+            await pool.apply_async(_tasks.raise_value_error, ("direct",))
+        return value, mapped
+
+    assert run(main()) == (49, [0, 1, 4, 9])
+
+
 def test_exceptions_are_raised_in_the_coroutine(pool):
     async def main():
         with pytest.raises(ValueError, match="boom"):

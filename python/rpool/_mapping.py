@@ -12,7 +12,7 @@ import pickle
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator
 from typing import Any
 
 from rpool import _aio, _cloud, _rpool
@@ -153,6 +153,12 @@ class MapResult:
                 self._error_callback(self._value)
         finally:
             self._event.set()
+
+    def __await__(self) -> Generator[Any, None, list[Any]]:
+        """``await pool.map_async(...)`` inside a coroutine, without blocking the loop."""
+        from rpool._aio import wrap_async
+
+        return wrap_async(self).__await__()
 
     def ready(self) -> bool:
         """True once all chunks finished (or one failed)."""

@@ -1,5 +1,6 @@
 """Type stubs for rpool's native module (src/py, src/worker)."""
 
+from collections.abc import Generator
 from typing import Any, final
 
 @final
@@ -60,6 +61,7 @@ class AsyncResult:
     def _publish(self) -> None: ...
     def cancel(self) -> bool: ...
     def running(self) -> bool: ...
+    def __await__(self) -> Generator[Any, None, Any]: ...
 
 @final
 class ChunkSizer:

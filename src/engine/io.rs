@@ -48,6 +48,9 @@ const MAX_STARTUP_FAILURES: u32 = 3;
 /// How often counters are copied out for `stats()`.
 const STATS_INTERVAL: Duration = Duration::from_millis(100);
 
+/// Counters that changed are published within about this long, even when the loop then idles.
+const STATS_FRESHNESS: Duration = Duration::from_millis(10);
+
 /// The loop wakes at least this often even when idle (cheap; keeps timeouts honest).
 const IDLE_POLL: Duration = Duration::from_millis(500);
 
@@ -160,6 +163,7 @@ struct IoLoop {
     tasks_done: u64,
     deaths: u64,
     last_stats: Instant,
+    stats_dirty: bool,
 }
 
 /// Entry point of the I/O thread. A panic inside the loop must not leave waiters hanging: it
@@ -177,6 +181,7 @@ pub(super) fn run(shared: Arc<Shared>, commands: Receiver<Command>) {
         tasks_done: 0,
         deaths: 0,
         last_stats: Instant::now(),
+        stats_dirty: false,
     };
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| io.run(&commands)));
     if outcome.is_err() {
@@ -206,7 +211,8 @@ impl IoLoop {
             }
             self.release_if_drained();
             self.flush_notices();
-            if self.last_stats.elapsed() >= STATS_INTERVAL {
+            let since = self.last_stats.elapsed();
+            if since >= STATS_INTERVAL || (self.stats_dirty && since >= STATS_FRESHNESS) {
                 self.publish_stats();
             }
             self.poll_once();
@@ -233,6 +239,7 @@ impl IoLoop {
                     worker.releasing = true;
                 }
                 self.workers.push(worker);
+                self.stats_dirty = true;
             }
             Command::WorkerExited(id, exitcode) => self.worker_exited(id, exitcode),
             Command::Close => self.closing = true,
@@ -279,6 +286,7 @@ impl IoLoop {
             self.any_done = true;
         }
         self.shared.outstanding.fetch_sub(1, Ordering::SeqCst);
+        self.stats_dirty = true;
     }
 
     fn fail_everything(&mut self, outcome: impl Fn() -> Outcome) {
@@ -480,6 +488,7 @@ impl IoLoop {
     }
 
     fn publish_stats(&mut self) {
+        self.stats_dirty = false;
         self.last_stats = Instant::now();
         let workers = self
             .workers
@@ -503,7 +512,11 @@ impl IoLoop {
 
     fn poll_timeout(&self) -> Duration {
         let now = Instant::now();
-        let mut timeout = IDLE_POLL;
+        let mut timeout = if self.stats_dirty {
+            STATS_FRESHNESS
+        } else {
+            IDLE_POLL
+        };
         for worker in &self.workers {
             if let Some(deadline) = front_deadline(worker) {
                 timeout = timeout.min(deadline.saturating_duration_since(now));
@@ -692,6 +705,7 @@ impl IoLoop {
             self.process_exited(index);
         }
         let worker = self.workers.swap_remove(index);
+        self.stats_dirty = true;
         let mut held = worker.in_flight;
         let abnormal = exitcode != Some(0);
         if abnormal {

@@ -85,6 +85,7 @@ fn loads(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
 }
 
 static UNPICKLE_FAILURE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static WRAP_ASYNC: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 fn unpickle_failure(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     UNPICKLE_FAILURE.import(py, "rpool._remote", "result_unpickle_failure")
@@ -543,6 +544,15 @@ impl AsyncResult {
             self.slot.id.0,
             self.slot.phase()
         )
+    }
+
+    /// `await result` inside a coroutine: waits without blocking the event loop.
+    fn __await__<'py>(slf: Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let awaitable = WRAP_ASYNC
+            .import(py, "rpool._aio", "wrap_async")?
+            .call1((slf,))?;
+        awaitable.call_method0("__await__")
     }
 }
 
