@@ -105,12 +105,18 @@ def test_unserializable_callable_names_it(pool):
     assert pool.apply(_tasks.square, (3,)) == 9
 
 
-def test_off_by_default_keeps_stdlib_behaviour(ctx):
+def test_default_sends_functions_but_keeps_the_stdlib_result_rules(ctx):
     with rpool.Pool(1, context=ctx) as pool:
-        with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
-            pool.apply_async(lambda: 1).get(timeout=GET_TIMEOUT)
+        offset = 5
+        assert pool.apply_async(lambda x: x + offset, (1,)).get(timeout=GET_TIMEOUT) == 6
         with pytest.raises(multiprocessing.pool.MaybeEncodingError):
             pool.apply(_tasks.make_adder, (1,))
+
+
+def test_false_keeps_stdlib_behaviour(ctx):
+    with rpool.Pool(1, context=ctx, cloudpickle=False) as pool:
+        with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+            pool.apply_async(lambda: 1).get(timeout=GET_TIMEOUT)
 
 
 def test_executor(ctx):

@@ -191,6 +191,47 @@ def _by_value_blob(value: object) -> bytes | None:
     return data
 
 
+# What picklers raise for a value they cannot handle; anything else was raised on purpose by the
+# object itself (e.g. multiprocessing.Queue's RuntimeError about inheritance).
+_PICKLER_ERRORS = (pickle.PicklingError, TypeError, AttributeError)
+
+
+def prefer_object_error(pickle_error: Exception, fallback_error: Exception) -> Exception:
+    """The error to report when both pickle and cloudpickle refused a task.
+
+    An error the object raised on purpose is what stdlib users expect and is kept (with
+    cloudpickle's verdict as a note); otherwise cloudpickle's message, which names the
+    function or argument, is clearer.
+    """
+    if fallback_error is pickle_error or isinstance(pickle_error, _PICKLER_ERRORS):
+        return fallback_error
+    pickle_error.add_note(str(fallback_error))
+    return pickle_error
+
+
+def boot_for(
+    mode: bool | None,
+    initializer: Callable[..., object] | None,
+    initargs: Sequence[Any],
+    spawned: bool,
+) -> tuple[Callable[..., object] | None, tuple[Any, ...]]:
+    """The (initializer, initargs) a pool gives its workers for its ``cloudpickle`` mode.
+
+    True: everything may go by cloudpickle, results included. None (the default): only an
+    initializer that pickle refuses (a lambda, say) travels by value under spawn; initargs and
+    results keep the stdlib's rules. False: unchanged.
+    """
+    if mode is True:
+        return WorkerBoot(initializer, initargs, spawned), ()
+    if mode is None and spawned and initializer is not None:
+        if _by_value_blob(initializer) is not None:
+            boot = WorkerBoot(
+                initializer, initargs, spawned, results=False, initargs_by_value=False
+            )
+            return boot, ()
+    return initializer, tuple(initargs)
+
+
 class WorkerBoot:
     """The initializer a pool with ``cloudpickle=True`` gives its workers.
 
@@ -204,19 +245,23 @@ class WorkerBoot:
         initializer: Callable[..., object] | None,
         initargs: Sequence[Any],
         spawned: bool,
+        results: bool = True,
+        initargs_by_value: bool = True,
     ) -> None:
         self.initializer = initializer
         self.initargs = tuple(initargs)
+        self.results = results
         self._init_blob: bytes | None = None
         self._arg_blobs: list[bytes | None] = []
         if spawned:
             if initializer is not None:
                 self._init_blob = _by_value_blob(initializer)
-            self._arg_blobs = [_by_value_blob(arg) for arg in self.initargs]
+            if initargs_by_value:
+                self._arg_blobs = [_by_value_blob(arg) for arg in self.initargs]
 
     def __call__(self) -> None:
         global results_fallback
-        results_fallback = True
+        results_fallback = self.results
         if self.initializer is not None:
             self.initializer(*self.initargs)
 
@@ -230,7 +275,7 @@ class WorkerBoot:
                 self.initargs, self._arg_blobs or [None] * len(self.initargs), strict=True
             )
         )
-        return (WorkerBoot, (init, args, False))
+        return (WorkerBoot, (init, args, False, self.results))
 
     def __repr__(self) -> str:
         return f"<rpool WorkerBoot for {self.initializer!r}>"

@@ -44,16 +44,18 @@ def check_chunksize(chunksize: int | None) -> None:
 
 
 def pickle_chunk(func: object, func_id: int, chunk: list[Any], cloud: bool = False) -> bytes:
-    """A chunk's payload; with `cloud` (``cloudpickle=True`` pools) what pickle refuses is
-    retried with cloudpickle."""
+    """A chunk's payload; with `cloud` what pickle refuses is retried with cloudpickle."""
     try:
         if cloud and not func_id:
             return _cloud.dumps_inline((func, chunk), func)
         return pickle.dumps(chunk if func_id else (func, chunk), PROTOCOL)
-    except Exception:
+    except Exception as exc:
         if not cloud:
             raise
-        return _cloud.chunk_payload(func, func_id, chunk)
+        try:
+            return _cloud.chunk_payload(func, func_id, chunk)
+        except Exception as error:
+            raise _cloud.prefer_object_error(exc, error) from None
 
 
 class _ChunkEntry:

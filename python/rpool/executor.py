@@ -139,8 +139,9 @@ class ProcessPoolExecutor(futures.Executor):
     `rpool.WorkerLostError`, a `BrokenProcessPool`) and is replaced, so the executor keeps
     serving; `map` picks a chunk size automatically when ``chunksize`` is None (the default).
     Keyword-only extensions: ``retries`` re-runs tasks lost to a dead worker;
-    ``cloudpickle=True`` sends what pickle refuses (lambdas, closures, interactively defined
-    functions) with cloudpickle. See also `stats` and ``map(..., progress=)``.
+    ``cloudpickle`` (default None: functions, arguments and the initializer fall back to
+    cloudpickle when pickle refuses them; True: results too; False: never). See also `stats`
+    and ``map(..., progress=)``.
     """
 
     def __init__(
@@ -152,7 +153,7 @@ class ProcessPoolExecutor(futures.Executor):
         *,
         max_tasks_per_child: int | None = None,
         retries: int = 0,
-        cloudpickle: bool = False,
+        cloudpickle: bool | None = None,
     ) -> None:
         self._runtime: Runtime | None = None
         self._created = time.monotonic()
@@ -187,10 +188,10 @@ class ProcessPoolExecutor(futures.Executor):
         self._initializer = initializer
         self._initargs = tuple(initargs)
         self._cloudpickle = cloudpickle
-        if cloudpickle:
-            spawned = mp_context.get_start_method(allow_none=False) != "fork"
-            self._initializer = _cloud.WorkerBoot(initializer, self._initargs, spawned)
-            self._initargs = ()
+        spawned = mp_context.get_start_method(allow_none=False) != "fork"
+        self._initializer, self._initargs = _cloud.boot_for(
+            cloudpickle, initializer, self._initargs, spawned
+        )
         self._max_tasks_per_child = max_tasks_per_child
         self._retries = retries
 
@@ -221,7 +222,7 @@ class ProcessPoolExecutor(futures.Executor):
                     worker_label="Process",
                 )
                 runtime.graceful_exit = True
-                runtime.cloudpickle = self._cloudpickle
+                runtime.cloudpickle = self._cloudpickle is not False
                 self._runtime = runtime
             return self._runtime
 
@@ -286,6 +287,7 @@ class ProcessPoolExecutor(futures.Executor):
                     raise
                 payload = _cloud.call_payload(fn, func_id, args, kwargs)
             except Exception as error:
+                error = _cloud.prefer_object_error(exc, error)
                 if error is exc:
                     error.add_note(describe_unpicklable(args, kwargs))
                 future.set_exception(error)

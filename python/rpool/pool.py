@@ -69,8 +69,10 @@ class Pool:
 
     ``Pool(processes=None, initializer=None, initargs=(), maxtasksperchild=None, context=None)``
     behaves like the stdlib. Keyword-only extensions: ``retries`` re-runs a task whose worker
-    died up to that many times; ``cloudpickle=True`` sends what pickle refuses (lambdas,
-    closures, interactively defined functions) with cloudpickle. ``chunksize=None`` (the
+    died up to that many times; ``cloudpickle``: by default (None) a task function, argument or
+    initializer that pickle refuses (a lambda, a closure, an interactively defined function)
+    goes by cloudpickle while results keep the stdlib's rules (`MaybeEncodingError`); True
+    extends the fallback to results; False turns it off. ``chunksize=None`` (the
     default everywhere) picks a chunk size automatically. See also `stats` and the
     ``progress=`` option of the map family.
     """
@@ -84,7 +86,7 @@ class Pool:
         context: BaseContext | None = None,
         *,
         retries: int = 0,
-        cloudpickle: bool = False,
+        cloudpickle: bool | None = None,
     ) -> None:
         self._state = RUN
         self._runtime: Runtime | None = None
@@ -101,9 +103,8 @@ class Pool:
             raise ValueError("retries must be a non-negative int")
         self._ctx = context if context is not None else multiprocessing.get_context()
         self._processes = processes
-        if cloudpickle:
-            spawned = self._ctx.get_start_method() != "fork"
-            initializer, initargs = _cloud.WorkerBoot(initializer, tuple(initargs), spawned), ()
+        spawned = self._ctx.get_start_method() != "fork"
+        initializer, initargs = _cloud.boot_for(cloudpickle, initializer, tuple(initargs), spawned)
         self._created = time.monotonic()
         self._runtime = Runtime(
             processes=processes,
@@ -116,7 +117,7 @@ class Pool:
             daemon=True,
             worker_label="PoolWorker",
         )
-        self._runtime.cloudpickle = cloudpickle
+        self._runtime.cloudpickle = cloudpickle is not False
         self._lock = threading.Lock()
 
     # --- helpers ---------------------------------------------------------------------------
@@ -188,6 +189,7 @@ class Pool:
                     raise
                 payload = _cloud.call_payload(func, func_id, args, kwds)
             except Exception as error:
+                error = _cloud.prefer_object_error(exc, error)
                 if error is exc:
                     error.add_note(describe_unpicklable(args, kwds or {}))
                 if error_callback is not None:
