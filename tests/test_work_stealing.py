@@ -1,11 +1,10 @@
 """Work stealing: tasks queued on a worker behind a slow task are taken back and run elsewhere
 instead of waiting for the slow task (the stdlib's shared queue never has that problem)."""
 
-import pytest
-from _helpers import release, wait_started
-
 import _tasks
+import pytest
 import rpool
+from _helpers import release, wait_started
 
 GET_TIMEOUT = 20
 
