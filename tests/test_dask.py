@@ -489,6 +489,21 @@ def test_terminate_and_shutdown_release_cluster_futures(client, tmp_path):
     assert client.status == "running"
 
 
+@pytest.mark.parametrize("method", ["terminate_workers", "kill_workers"])
+def test_terminate_workers_cancels_this_executors_tasks_only(client, tmp_path, method):
+    ex = rpool.dask.ProcessPoolExecutor(client=client)
+    gate, held = _busy_workers(ex, tmp_path)
+    waiting = [ex.submit(_tasks.square, i) for i in range(5)]
+    getattr(ex, method)()
+    assert all(f.cancelled() for f in waiting)
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        ex.submit(_tasks.square, 1)
+    release(gate)
+    _assert_no_rpool_keys(client)
+    # The cluster is not ours: it keeps serving other clients' work.
+    assert client.submit(_tasks.square, 3).result(timeout=GET_TIMEOUT) == 9
+
+
 def _fresh(tmp_path):
     path = tmp_path / "again"
     path.mkdir()

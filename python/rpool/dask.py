@@ -1003,6 +1003,16 @@ class ProcessPoolExecutor(futures.Executor):
                 daemon=True,
             ).start()
 
+    def terminate_workers(self) -> None:
+        """Stops this executor's work now: every task it has on the cluster is cancelled and
+        the executor shuts down. The Dask workers belong to the cluster and keep running (a
+        pool never stops processes it did not start)."""
+        self.shutdown(wait=True, cancel_futures=True)
+
+    def kill_workers(self) -> None:
+        """Same as `terminate_workers` on a Dask cluster (there is no local process to kill)."""
+        self.terminate_workers()
+
 
 def _drain(cluster: _Cluster, feeders: list[threading.Thread]) -> None:
     for feeder in feeders:
