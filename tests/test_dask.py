@@ -541,3 +541,22 @@ def test_import_error_names_the_extra(monkeypatch):
         importlib.import_module("rpool.dask")
     monkeypatch.undo()
     assert importlib.import_module("rpool.dask") is rpool.dask
+
+
+def test_per_task_time_limits_fail_only_the_slow_task(client):
+    with rpool.dask.Pool(client=client) as p:
+        slow = p.apply_async(_tasks.sleep_and_return, (3, "late"), timeout=0.3)
+        quick = p.apply_async(_tasks.square, (5,), timeout=10)
+        with pytest.raises(rpool.TaskTimeoutError, match="0.3 s time limit"):
+            slow.get(GET_TIMEOUT)
+        assert quick.get(GET_TIMEOUT) == 25
+        with pytest.raises(rpool.TaskTimeoutError):
+            p.map(_tasks.sleep_and_return, [3], task_timeout=0.3)
+        assert p.map(_tasks.square, range(6), task_timeout=10) == [i * i for i in range(6)]
+        with pytest.raises(ValueError, match="timeout"):
+            p.apply_async(_tasks.square, (1,), timeout=0)
+    with rpool.dask.ProcessPoolExecutor(client=client) as ex:
+        future = ex.submit_with(_tasks.sleep_and_return, (3,), timeout=0.3)
+        with pytest.raises(rpool.TaskTimeoutError):
+            future.result(timeout=GET_TIMEOUT)
+        assert ex.submit_with(_tasks.add, (2, 3), timeout=10).result(timeout=GET_TIMEOUT) == 5

@@ -33,6 +33,7 @@ never needs `distributed` (``pip install rpool[dask]`` installs it).
 from __future__ import annotations
 
 import functools
+import heapq
 import itertools
 import pickle
 import sys
@@ -63,6 +64,7 @@ from rpool._remote import (
     FRONT_POOL,
     PROTOCOL,
     InitializerError,
+    TaskTimeoutError,
     WorkerLostError,
     encode_exception,
     rebuild_exception,
@@ -240,6 +242,10 @@ class _Cluster:
         self.drained = threading.Condition(self.lock)
         self.live: dict[str, _Task] = {}
         self.released = False
+        # Per-task time limits: (deadline, key, limit) heap watched by one thread per pool.
+        self.deadlines: list[tuple[float, str, float]] = []
+        self.deadlines_changed = threading.Condition(self.lock)
+        self.watchdog: threading.Thread | None = None
 
     def threads(self) -> int:
         return _cluster_threads(self.client)
@@ -251,16 +257,60 @@ class _Cluster:
         label: str,
         on_done: Completion,
         cancel: Callable[[], object] | None = None,
+        timeout: float | None = None,
     ) -> Any:
-        """Sends one task; `on_done` is called once, on Dask's callback thread."""
+        """Sends one task; `on_done` is called once, on Dask's callback thread (or on the
+        watchdog thread when the task runs past `timeout` seconds)."""
         key = f"rpool-{label}-{uuid.uuid4().hex}"
         future = self.client.submit(
             task, self.token, self.setup, payload, self.front, key=key, pure=False
         )
         with self.lock:
             self.live[key] = _Task(future, on_done, cancel)
+            if timeout is not None:
+                heapq.heappush(self.deadlines, (time.monotonic() + timeout, key, timeout))
+                self.deadlines_changed.notify()
+                if self.watchdog is None:
+                    self.watchdog = threading.Thread(
+                        target=self._watch_deadlines, name="rpool-dask-deadlines", daemon=True
+                    )
+                    self.watchdog.start()
         future.add_done_callback(functools.partial(self._done, key))
         return future
+
+    def _watch_deadlines(self) -> None:
+        """Fails tasks that run past their limit. Dask cannot stop a running task, so the
+        task is cancelled on the cluster (if it has not started, it never will) and its
+        result, should it still come, is dropped."""
+        while True:
+            with self.lock:
+                while not self.released:
+                    now = time.monotonic()
+                    # Tasks that already finished leave their entry behind: skip those.
+                    while self.deadlines and self.deadlines[0][1] not in self.live:
+                        heapq.heappop(self.deadlines)
+                    if self.deadlines and self.deadlines[0][0] <= now:
+                        break
+                    wait = self.deadlines[0][0] - now if self.deadlines else None
+                    self.deadlines_changed.wait(wait)
+                if self.released:
+                    return
+                _, key, limit = heapq.heappop(self.deadlines)
+                task = self.live.pop(key)
+                if not self.live:
+                    self.drained.notify_all()
+            try:
+                self.client.cancel([task.future])
+            except Exception:
+                pass  # the client is closing; the result is dropped either way
+            task.on_done(
+                False,
+                TaskTimeoutError(
+                    f"task ran longer than its {limit:g} s time limit; it was cancelled on the "
+                    "Dask cluster (a task already running there finishes, its result is dropped)"
+                ),
+                0.0,
+            )
 
     def _done(self, key: str, future: Any) -> None:
         with self.lock:
@@ -346,8 +396,15 @@ class _Cluster:
             if self.released:
                 return
             self.released = True
+            self.deadlines_changed.notify_all()
         if self.owns_client:
             self.client.close()
+
+
+def _check_limit(seconds: float | None, what: str) -> None:
+    """A per-task time limit must be a positive number of seconds (or None)."""
+    if seconds is not None and not (isinstance(seconds, (int, float)) and seconds > 0):
+        raise ValueError(f"{what} must be a positive number of seconds, got {seconds!r}")
 
 
 def _release(future: Any) -> None:
@@ -495,8 +552,10 @@ class IMapIterator(Iterator[Any]):
         window: int,
         timeout_error: type[BaseException],
         deadline: float | None = None,
+        task_timeout: float | None = None,
     ) -> None:
         self._cluster = cluster
+        self._task_timeout = task_timeout
         self._func = func
         self._star = star
         self._ordered = ordered
@@ -534,7 +593,9 @@ class IMapIterator(Iterator[Any]):
                         return
                 payload = _dumps((self._func, self._star, chunk))
                 on_done = functools.partial(self._chunk_done, index, len(chunk))
-                self._cluster.submit(_run_chunk, payload, label, on_done)
+                self._cluster.submit(
+                    _run_chunk, payload, label, on_done, timeout=self._task_timeout
+                )
                 index += 1
         except BaseException as exc:  # noqa: BLE001 - raised to the consumer, in order
             self._deliver(index, False, exc)
@@ -669,9 +730,11 @@ class Pool:
         func: Callable[..., Any],
         args: Iterable[Any] = (),
         kwds: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
     ) -> Any:
         """Calls ``func(*args, **kwds)`` on a Dask worker and returns its result."""
-        return self.apply_async(func, args, kwds).get()
+        return self.apply_async(func, args, kwds, timeout=timeout).get()
 
     def apply_async(
         self,
@@ -680,8 +743,14 @@ class Pool:
         kwds: Mapping[str, Any] | None = None,
         callback: Callable[[Any], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
+        *,
+        timeout: float | None = None,
     ) -> AsyncResult:
-        """Queues ``func(*args, **kwds)`` as one Dask task; returns an `AsyncResult`."""
+        """Queues ``func(*args, **kwds)`` as one Dask task; returns an `AsyncResult`.
+
+        ``timeout``: seconds the task may run before it fails with `rpool.TaskTimeoutError`.
+        """
+        _check_limit(timeout, "timeout")
         cluster = self._live_cluster()
         result = AsyncResult(callback, error_callback)
         args = tuple(args)
@@ -692,7 +761,8 @@ class Pool:
             exc.add_note("rpool.dask: the task's function or arguments could not be pickled")
             result._complete(False, exc)
             return result
-        cluster.submit(_run_call, payload, _task_label(func, "apply"), result._complete)
+        label = _task_label(func, "apply")
+        cluster.submit(_run_call, payload, label, result._complete, timeout=timeout)
         return result
 
     # --- maps ------------------------------------------------------------------------------
@@ -705,7 +775,9 @@ class Pool:
         chunksize: int | None,
         callback: Callable[[Any], object] | None,
         error_callback: Callable[[BaseException], object] | None,
+        task_timeout: float | None = None,
     ) -> MapResult:
+        _check_limit(task_timeout, "task_timeout")
         cluster = self._live_cluster()
         _check_chunksize(chunksize)
         items = iterable if hasattr(iterable, "__len__") else list(iterable)
@@ -726,7 +798,8 @@ class Pool:
                 )
                 result._complete(False, exc)
                 return result
-            cluster.submit(_run_chunk, payload, label, functools.partial(result._chunk_done, index))
+            on_done = functools.partial(result._chunk_done, index)
+            cluster.submit(_run_chunk, payload, label, on_done, timeout=task_timeout)
         return result
 
     def map(
@@ -734,9 +807,11 @@ class Pool:
         func: Callable[[Any], Any],
         iterable: Iterable[Any],
         chunksize: int | None = None,
+        *,
+        task_timeout: float | None = None,
     ) -> list[Any]:
         """Like the builtin `map`, on the cluster, one Dask task per chunk; returns a list."""
-        return self._map_async(func, iterable, False, chunksize, None, None).get()  # type: ignore[no-any-return]
+        return self._map_async(func, iterable, False, chunksize, None, None, task_timeout).get()  # type: ignore[no-any-return]
 
     def map_async(
         self,
@@ -745,18 +820,24 @@ class Pool:
         chunksize: int | None = None,
         callback: Callable[[Any], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
+        *,
+        task_timeout: float | None = None,
     ) -> MapResult:
         """Asynchronous `map`; returns a `MapResult`."""
-        return self._map_async(func, iterable, False, chunksize, callback, error_callback)
+        return self._map_async(
+            func, iterable, False, chunksize, callback, error_callback, task_timeout
+        )
 
     def starmap(
         self,
         func: Callable[..., Any],
         iterable: Iterable[Iterable[Any]],
         chunksize: int | None = None,
+        *,
+        task_timeout: float | None = None,
     ) -> list[Any]:
         """Like `map`, but each item is unpacked as the arguments: ``func(*item)``."""
-        return self._map_async(func, iterable, True, chunksize, None, None).get()  # type: ignore[no-any-return]
+        return self._map_async(func, iterable, True, chunksize, None, None, task_timeout).get()  # type: ignore[no-any-return]
 
     def starmap_async(
         self,
@@ -765,9 +846,13 @@ class Pool:
         chunksize: int | None = None,
         callback: Callable[[Any], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
+        *,
+        task_timeout: float | None = None,
     ) -> MapResult:
         """Asynchronous `starmap`; returns a `MapResult`."""
-        return self._map_async(func, iterable, True, chunksize, callback, error_callback)
+        return self._map_async(
+            func, iterable, True, chunksize, callback, error_callback, task_timeout
+        )
 
     def _imap(
         self,
@@ -775,7 +860,9 @@ class Pool:
         iterable: Iterable[Any],
         chunksize: int | None,
         ordered: bool,
+        task_timeout: float | None = None,
     ) -> IMapIterator:
+        _check_limit(task_timeout, "task_timeout")
         cluster = self._live_cluster()
         _check_chunksize(chunksize)
         if chunksize is None and hasattr(iterable, "__len__"):
@@ -789,19 +876,30 @@ class Pool:
             ordered=ordered,
             window=max(2, WINDOW_CHUNKS_PER_WORKER * self._processes),
             timeout_error=MpTimeoutError,
+            task_timeout=task_timeout,
         )
 
     def imap(
-        self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int | None = None
+        self,
+        func: Callable[[Any], Any],
+        iterable: Iterable[Any],
+        chunksize: int | None = None,
+        *,
+        task_timeout: float | None = None,
     ) -> IMapIterator:
         """Lazy `map`: reads the input as results are consumed; yields in input order."""
-        return self._imap(func, iterable, chunksize, True)
+        return self._imap(func, iterable, chunksize, True, task_timeout)
 
     def imap_unordered(
-        self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int | None = None
+        self,
+        func: Callable[[Any], Any],
+        iterable: Iterable[Any],
+        chunksize: int | None = None,
+        *,
+        task_timeout: float | None = None,
     ) -> IMapIterator:
         """Like `imap`, but yields results as chunks finish."""
-        return self._imap(func, iterable, chunksize, False)
+        return self._imap(func, iterable, chunksize, False, task_timeout)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -928,6 +1026,28 @@ class ProcessPoolExecutor(futures.Executor):
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> futures.Future[Any]:
         """Schedules ``fn(*args, **kwargs)`` as one Dask task; returns a
         `concurrent.futures.Future`."""
+        return self._submit(fn, args, kwargs, None)
+
+    def submit_with(
+        self,
+        fn: Callable[..., Any],
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> futures.Future[Any]:
+        """Like `submit`, with options: ``timeout`` seconds before the future fails with
+        `rpool.TaskTimeoutError`."""
+        _check_limit(timeout, "timeout")
+        return self._submit(fn, tuple(args), kwargs or {}, timeout)
+
+    def _submit(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+    ) -> futures.Future[Any]:
         with self._shutdown_lock:
             cluster = self._check_open()
         future = DaskFuture()
@@ -939,7 +1059,12 @@ class ProcessPoolExecutor(futures.Executor):
             return future
         future._dask_client = cluster.client
         future._dask_future = cluster.submit(
-            _run_call, payload, _task_label(fn, "submit"), future._complete, future.cancel
+            _run_call,
+            payload,
+            _task_label(fn, "submit"),
+            future._complete,
+            future.cancel,
+            timeout=timeout,
         )
         return future
 
