@@ -560,3 +560,19 @@ def test_per_task_time_limits_fail_only_the_slow_task(client):
         with pytest.raises(rpool.TaskTimeoutError):
             future.result(timeout=GET_TIMEOUT)
         assert ex.submit_with(_tasks.add, (2, 3), timeout=10).result(timeout=GET_TIMEOUT) == 5
+
+
+def test_stats_count_this_pools_tasks_per_dask_worker(client):
+    with rpool.dask.Pool(client=client) as p:
+        assert p.map(_tasks.square, range(40), chunksize=5) == [i * i for i in range(40)]
+        assert p.apply(_tasks.square, (3,)) == 9
+        stats = p.stats()
+    assert stats.tasks_done == 9  # 8 chunks + 1 call
+    assert stats.in_flight == 0 and stats.restarts == 0
+    assert sum(w.tasks_done for w in stats.workers) == 9
+    worker_pids = set(client.run(os.getpid).values())
+    assert {w.pid for w in stats.workers} <= worker_pids
+    assert all(w.busy_seconds >= 0 and w.idle_seconds >= 0 for w in stats.workers)
+    with rpool.dask.ProcessPoolExecutor(client=client) as ex:
+        assert ex.submit(_tasks.square, 2).result(timeout=GET_TIMEOUT) == 4
+        assert ex.stats().tasks_done == 1

@@ -35,6 +35,7 @@ from __future__ import annotations
 import functools
 import heapq
 import itertools
+import os
 import pickle
 import sys
 import threading
@@ -59,6 +60,7 @@ except ImportError as _missing:  # pragma: no cover - exercised only without the
     ) from _missing
 
 from rpool import _rpool
+from rpool._insights import PoolStats, WorkerStats
 from rpool._remote import (
     FRONT_EXECUTOR,
     FRONT_POOL,
@@ -98,6 +100,8 @@ class TaskReply(NamedTuple):
     status: int
     payload: bytes
     seconds: float
+    worker: str = ""  # the Dask worker's address
+    pid: int = 0  # the Dask worker process that ran the task
 
 
 # --- worker side (runs inside Dask workers, imported there by name) -------------------------
@@ -123,26 +127,35 @@ def _initialize(token: str, setup: bytes | None) -> bytes | None:
         return _initialized[token]
 
 
+def _answer(status: int, payload: bytes, seconds: float) -> TaskReply:
+    """A reply stamped with the worker that produced it (for `stats()`)."""
+    try:
+        address = str(distributed.get_worker().address)
+    except ValueError:  # not inside a Dask worker (direct call)
+        address = ""
+    return TaskReply(status, payload, seconds, address, os.getpid())
+
+
 def _reply(value: Any, front: int, started: float) -> TaskReply:
     try:
         data = pickle.dumps(value, PROTOCOL)
     except Exception as exc:
         error = MaybeEncodingError(exc, value) if front == FRONT_POOL else exc
-        return TaskReply(STATUS_ERROR, encode_exception(error), time.perf_counter() - started)
-    return TaskReply(STATUS_OK, data, time.perf_counter() - started)
+        return _answer(STATUS_ERROR, encode_exception(error), time.perf_counter() - started)
+    return _answer(STATUS_OK, data, time.perf_counter() - started)
 
 
 def _run_call(token: str, setup: bytes | None, payload: bytes, front: int) -> TaskReply:
     """A Dask task for one `apply_async`/`submit`: ``func(*args, **kwargs)``."""
     failed = _initialize(token, setup)
     if failed is not None:
-        return TaskReply(STATUS_INIT_FAILED, failed, 0.0)
+        return _answer(STATUS_INIT_FAILED, failed, 0.0)
     started = time.perf_counter()
     try:
         func, args, kwargs = pickle.loads(payload)
         value = func(*args, **(kwargs or {}))
     except BaseException as exc:  # noqa: BLE001 - the task's failure, sent to the parent
-        return TaskReply(STATUS_ERROR, encode_exception(exc), time.perf_counter() - started)
+        return _answer(STATUS_ERROR, encode_exception(exc), time.perf_counter() - started)
     return _reply(value, front, started)
 
 
@@ -150,13 +163,13 @@ def _run_chunk(token: str, setup: bytes | None, payload: bytes, front: int) -> T
     """A Dask task for one chunk of a map: ``[func(x) for x in chunk]`` (or ``func(*x)``)."""
     failed = _initialize(token, setup)
     if failed is not None:
-        return TaskReply(STATUS_INIT_FAILED, failed, 0.0)
+        return _answer(STATUS_INIT_FAILED, failed, 0.0)
     started = time.perf_counter()
     try:
         func, star, items = pickle.loads(payload)
         values = list(itertools.starmap(func, items)) if star else list(map(func, items))
     except BaseException as exc:  # noqa: BLE001 - the chunk's failure, sent to the parent
-        return TaskReply(STATUS_ERROR, encode_exception(exc), time.perf_counter() - started)
+        return _answer(STATUS_ERROR, encode_exception(exc), time.perf_counter() - started)
     return _reply(values, front, started)
 
 
@@ -242,6 +255,11 @@ class _Cluster:
         self.drained = threading.Condition(self.lock)
         self.live: dict[str, _Task] = {}
         self.released = False
+        # stats(): address -> [worker id, pid, tasks done, compute seconds]
+        self.created = time.monotonic()
+        self.per_worker: dict[str, list[Any]] = {}
+        self.tasks_done = 0
+        self.restarts = 0
         # Per-task time limits: (deadline, key, limit) heap watched by one thread per pool.
         self.deadlines: list[tuple[float, str, float]] = []
         self.deadlines_changed = threading.Condition(self.lock)
@@ -334,13 +352,17 @@ class _Cluster:
         if future.status == "cancelled":
             return False, self.cancelled_error(), 0.0
         try:
-            status, payload, seconds = future.result()
+            reply = future.result()
         except KilledWorker as exc:
+            with self.lock:
+                self.restarts += 1
             return False, _worker_lost(exc), 0.0
         except CancelledError:
             return False, self.cancelled_error(), 0.0
         except Exception as exc:  # a failure outside the task function (e.g. lost connection)
             return False, exc, 0.0
+        status, payload, seconds, worker, pid = reply
+        self._count(worker, pid, seconds)
         if status == STATUS_OK:
             try:
                 return True, pickle.loads(payload), seconds
@@ -352,6 +374,44 @@ class _Cluster:
             broken.__cause__ = error
             return False, broken, seconds
         return False, error, seconds
+
+    def _count(self, worker: str, pid: int, seconds: float) -> None:
+        with self.lock:
+            self.tasks_done += 1
+            entry = self.per_worker.get(worker)
+            if entry is None:
+                entry = self.per_worker[worker] = [len(self.per_worker) + 1, pid, 0, 0.0]
+            entry[1] = pid
+            entry[2] += 1
+            entry[3] += seconds
+
+    def stats(self) -> PoolStats:
+        """Counters of this pool's tasks: per Dask worker that ran any of them, tasks done and
+        compute seconds; idle time is measured against the pool's age (a remote worker's own
+        lifetime is not visible from here)."""
+        with self.lock:
+            age = max(0.0, time.monotonic() - self.created)
+            workers = tuple(
+                WorkerStats(
+                    worker_id=worker_id,
+                    pid=pid,
+                    tasks_done=done,
+                    busy_seconds=busy,
+                    idle_seconds=max(0.0, age - busy),
+                    alive_seconds=max(age, busy),
+                    in_flight=0,
+                )
+                for worker_id, pid, done, busy in self.per_worker.values()
+            )
+            return PoolStats(
+                workers=workers,
+                queued=0,
+                in_flight=len(self.live),
+                tasks_done=self.tasks_done,
+                restarts=self.restarts,
+                uptime_seconds=age,
+                throughput=self.tasks_done / age if age > 0 else 0.0,
+            )
 
     def cancelled_error(self) -> BaseException:
         if self.front == FRONT_EXECUTOR:
@@ -901,6 +961,12 @@ class Pool:
         """Like `imap`, but yields results as chunks finish."""
         return self._imap(func, iterable, chunksize, False, task_timeout)
 
+    def stats(self) -> PoolStats:
+        """A snapshot of this pool's work on the cluster: per Dask worker that ran its tasks,
+        pid, tasks done and compute seconds; in-flight tasks, tasks done, workers lost and
+        throughput. Idle time is counted against the pool's age."""
+        return self._cluster.stats()
+
     # --- lifecycle -------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -1108,6 +1174,12 @@ class ProcessPoolExecutor(futures.Executor):
             self._feeders = [t for t in self._feeders if t.is_alive()]
             self._feeders.append(results._feeder)
         return _result_iterator(results)
+
+    def stats(self) -> PoolStats:
+        """A snapshot of this pool's work on the cluster: per Dask worker that ran its tasks,
+        pid, tasks done and compute seconds; in-flight tasks, tasks done, workers lost and
+        throughput. Idle time is counted against the pool's age."""
+        return self._cluster.stats()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Accepts no more work; with ``wait``, waits for outstanding tasks. Then releases the
