@@ -682,6 +682,16 @@ impl IoLoop {
     /// The worker's process has ended: collect what it wrote before dying and tell the
     /// supervisor, which reaps it and reports the exit status.
     fn process_exited(&mut self, index: usize) {
+        self.collect_remains(index);
+        let worker = &self.workers[index];
+        self.shared.push_event(Event::WorkerDied {
+            worker: worker.id,
+            pid: worker.pid,
+        });
+    }
+
+    /// Reads what a finished worker wrote before it ended and closes its descriptors.
+    fn collect_remains(&mut self, index: usize) {
         if self.workers[index].result_pipe.is_some() {
             self.read_results(index);
         }
@@ -691,10 +701,6 @@ impl IoLoop {
         worker.task_pipe = None;
         worker.sentinel = None;
         worker.out.clear();
-        self.shared.push_event(Event::WorkerDied {
-            worker: worker.id,
-            pid: worker.pid,
-        });
     }
 
     fn worker_exited(&mut self, id: WorkerId, exitcode: Option<i32>) {
@@ -702,7 +708,9 @@ impl IoLoop {
             return;
         };
         if !self.workers[index].exited {
-            self.process_exited(index);
+            // The supervisor reaped it before its sentinel was seen: it already knows, so no
+            // WorkerDied event (which would make it start a replacement for a stopped pool).
+            self.collect_remains(index);
         }
         let worker = self.workers.swap_remove(index);
         self.stats_dirty = true;
