@@ -228,16 +228,14 @@ class ProcessPoolExecutor(futures.Executor):
 
     def _live_runtime(self) -> Runtime:
         runtime = self._runtime
-        fresh = runtime is None
         if runtime is None:
-            runtime = self._start_runtime()
-        # The call that starts the workers is accepted even if they break at once; its future
-        # carries the failure (as in the stdlib, which starts workers on first submit).
-        if not fresh and runtime.core.broken_payload() is not None:
-            runtime.check_usable()  # raises InitializerError with the initializer's exception
+            # The call that starts the workers is accepted even if they break at once; its
+            # future carries the failure (as in the stdlib, which starts workers on first
+            # submit). The engine accepts tasks for a broken pool and fails them.
+            return self._start_runtime()
         if self._shutdown_thread:
             raise RuntimeError("cannot schedule new futures after shutdown")
-        try:
+        try:  # a broken pool raises InitializerError (with the initializer's exception) here
             runtime.check_usable()
         except ValueError:
             raise RuntimeError("cannot schedule new futures after shutdown") from None
