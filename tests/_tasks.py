@@ -297,3 +297,27 @@ def busy_for(seconds):
     while time.monotonic() < end:
         pass
     return os.getpid()
+
+
+def pattern_bytes(size, seed=0):
+    """`size` bytes that differ by `seed` (cheap to build, easy to check)."""
+    block = bytes((seed + i) % 256 for i in range(256))
+    return (block * (size // 256 + 1))[:size]
+
+
+def checksum_and_echo(data):
+    """Returns (length, sum of a sample, the data itself): proves the worker saw every byte."""
+    return len(data), sum(data[::4096]), data
+
+
+def inherited_segments(_=None):
+    """Descriptors of the parent's shared-memory segments this worker holds open."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if target.startswith("/memfd:rpool-segment"):
+            found.append(int(name))
+    return found

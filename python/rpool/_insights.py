@@ -46,7 +46,9 @@ class PoolStats:
     """A snapshot of a pool (`Pool.stats()`, `ProcessPoolExecutor.stats()`).
 
     ``restarts`` counts workers that died abnormally and were replaced; ``throughput`` is
-    ``tasks_done / uptime_seconds`` (tasks per second since the pool was created).
+    ``tasks_done / uptime_seconds`` (tasks per second since the pool was created);
+    ``shared_payloads`` / ``shared_results`` count task arguments and results large enough to
+    travel through shared memory instead of a pipe.
     """
 
     workers: tuple[WorkerStats, ...]
@@ -56,6 +58,8 @@ class PoolStats:
     restarts: int
     uptime_seconds: float
     throughput: float
+    shared_payloads: int = 0
+    shared_results: int = 0
 
     def table(self) -> str:
         """The snapshot as a plain-text utilisation table, one row per worker."""
@@ -128,4 +132,6 @@ def collect(raw: dict[str, Any] | None, created: float) -> PoolStats:
         restarts=int(raw["worker_deaths"]),
         uptime_seconds=age,
         throughput=done / age if age > 0 else 0.0,
+        shared_payloads=int(raw.get("shared_payloads", 0)),
+        shared_results=int(raw.get("shared_results", 0)),
     )

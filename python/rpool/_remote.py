@@ -141,6 +141,16 @@ class WorkerCodec:
         )
         self.run_map = _run_map
         self.run_starmap = _run_starmap
+        self.loads_segment = loads_segment
+
+
+def loads_segment(fd: int, length: int) -> Any:
+    """Unpickles the first ``length`` bytes of a shared-memory segment straight from a mapping
+    (used on both sides for payloads too large for the pipe; see src/engine/segments.rs)."""
+    import mmap  # here, not at the top: most workers never see a large payload (start-up time)
+
+    with mmap.mmap(fd, length, prot=mmap.PROT_READ) as mapping:
+        return pickle.loads(mapping)
 
 
 # --- parent side -------------------------------------------------------------------------------

@@ -214,6 +214,7 @@ class Runtime:
                     self._max_tasks,
                     expected_parent,
                     self.front,
+                    os.getpid(),
                 ),
                 daemon=self._daemon,
             )

@@ -33,6 +33,7 @@ def worker_main(
     max_tasks: int | None,
     expected_parent: int,
     front: int,
+    pool_pid: int,
 ) -> None:
     """Runs one worker until the pool releases it, it reaches ``max_tasks``, or the parent dies."""
     # Ctrl+C reaches the whole process group; the parent decides what it means.
@@ -56,4 +57,4 @@ def worker_main(
             mp_util._run_finalizers()  # type: ignore[attr-defined]
             _rpool.send_init_failure(result_fd, payload)
             return
-    _rpool.worker_loop(task_fd, result_fd, WorkerCodec(front), max_tasks)
+    _rpool.worker_loop(task_fd, result_fd, WorkerCodec(front), pool_pid, max_tasks)

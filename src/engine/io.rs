@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use super::outbox::Outbox;
+use super::segments::{Pickled, SegmentLease, SegmentPool, SHARED_PAYLOAD_MIN};
 use super::slots::{Outcome, Phase};
 use super::{Command, EngineStats, Event, Shared, Task, WorkerSpec, WorkerStats};
 use crate::posix;
-use crate::protocol::{FrameKind, FrameReader, FuncId, TaskId, WorkerId};
+use crate::protocol::{Frame, FrameKind, FrameReader, FuncId, TaskId, WorkerId};
 
 /// Tasks a worker may hold before its task time is known: one running, one ready behind it.
 const INITIAL_IN_FLIGHT: usize = 2;
@@ -44,6 +45,10 @@ const READ_CHUNK: usize = 256 * 1024;
 /// Workers that die before finishing start-up this many times in a row break the pool instead
 /// of being respawned forever (the stdlib loops forever here).
 const MAX_STARTUP_FAILURES: u32 = 3;
+
+/// Segments each worker holds for large results. Two let one result be read while the next is
+/// written; a third covers the time until the parent's next grant reaches the worker.
+const GRANTS_PER_WORKER: usize = 3;
 
 /// How often counters are copied out for `stats()`.
 const STATS_INTERVAL: Duration = Duration::from_millis(100);
@@ -76,6 +81,8 @@ struct Worker {
     steal_pending: bool,
     tasks_done: u64,
     busy_ns: u64,
+    /// Segments this worker may write large results into (announced by `Grant` frames).
+    grants: Vec<SegmentLease>,
 }
 
 impl Worker {
@@ -102,6 +109,7 @@ impl Worker {
             steal_pending: false,
             tasks_done: 0,
             busy_ns: 0,
+            grants: Vec::new(),
         }
     }
 
@@ -162,6 +170,8 @@ struct IoLoop {
     any_done: bool,
     tasks_done: u64,
     deaths: u64,
+    shared_payloads: u64,
+    shared_results: u64,
     last_stats: Instant,
     stats_dirty: bool,
 }
@@ -180,6 +190,8 @@ pub(super) fn run(shared: Arc<Shared>, commands: Receiver<Command>) {
         any_done: false,
         tasks_done: 0,
         deaths: 0,
+        shared_payloads: 0,
+        shared_results: 0,
         last_stats: Instant::now(),
         stats_dirty: false,
     };
@@ -330,7 +342,7 @@ impl IoLoop {
                 .min_by_key(|(_, w)| w.in_flight.len())
                 .map(|(index, _)| index);
             let Some(index) = choice else { break };
-            let Some(task) = self.queue.pop_front() else {
+            let Some(mut task) = self.queue.pop_front() else {
                 break;
             };
             if task.slot.phase() == Phase::Queued && !task.slot.start() {
@@ -350,9 +362,12 @@ impl IoLoop {
                 }
                 None => FuncId::INLINE.0,
             };
+            if move_to_segment(&mut task, &self.shared.segments) {
+                self.shared_payloads += 1;
+            }
             worker
                 .out
-                .push_shared(task.kind, task.slot.id.0, func_id, &task.payload);
+                .push_payload(task.kind, task.slot.id.0, func_id, &task.payload);
             worker.assigned += 1;
             if worker.in_flight.is_empty() && worker.ready {
                 worker.front_started = Some(Instant::now());
@@ -506,6 +521,8 @@ impl IoLoop {
             in_flight: self.workers.iter().map(|w| w.in_flight.len()).sum(),
             tasks_done: self.tasks_done,
             worker_deaths: self.deaths,
+            shared_payloads: self.shared_payloads,
+            shared_results: self.shared_results,
             workers,
         });
     }
@@ -623,6 +640,7 @@ impl IoLoop {
                         worker.front_started = Some(Instant::now());
                     }
                     self.startup_failures = 0;
+                    self.top_up_grants(index);
                 }
                 FrameKind::Ok | FrameKind::Err => {
                     let worker = &mut self.workers[index];
@@ -642,12 +660,24 @@ impl IoLoop {
                         Some(Instant::now())
                     };
                     self.tasks_done += 1;
-                    let outcome = if frame.kind == FrameKind::Ok {
-                        Outcome::Value(frame.payload)
-                    } else {
-                        Outcome::TaskError(frame.payload)
+                    let outcome = match (frame.kind, frame.shared) {
+                        (FrameKind::Ok, false) => Outcome::Value(Pickled::from(frame.payload)),
+                        (FrameKind::Ok, true) => match self.take_granted(index, &frame) {
+                            Ok(lease) => {
+                                self.shared_results += 1;
+                                Outcome::Value(Pickled::Shared(Arc::new(lease)))
+                            }
+                            Err(message) => Outcome::Protocol(format!(
+                                "worker pid {} sent a bad shared-memory result: {message}",
+                                self.workers[index].pid
+                            )),
+                        },
+                        _ => Outcome::TaskError(frame.payload),
                     };
                     self.finish_task(task, outcome, frame.aux);
+                    if frame.shared {
+                        self.top_up_grants(index);
+                    }
                 }
                 FrameKind::Returned => self.tasks_returned(index, &frame.payload),
                 FrameKind::InitFailed => {
@@ -664,6 +694,34 @@ impl IoLoop {
                 }
             }
         }
+    }
+
+    /// Makes sure a ready worker holds [`GRANTS_PER_WORKER`] segments for large results.
+    fn top_up_grants(&mut self, index: usize) {
+        let worker = &mut self.workers[index];
+        while worker.grants.len() < GRANTS_PER_WORKER && worker.task_pipe.is_some() {
+            let Ok(lease) = self.shared.segments.acquire(SHARED_PAYLOAD_MIN as u64) else {
+                return; // out of descriptors or memory: results keep using the pipe
+            };
+            worker
+                .out
+                .push_frame(FrameKind::Grant, lease.id(), lease.raw_fd() as u64, b"");
+            worker.grants.push(lease);
+        }
+    }
+
+    /// The granted segment a shared result frame names, now holding `len` bytes of pickle.
+    fn take_granted(&mut self, index: usize, frame: &Frame) -> Result<SegmentLease, String> {
+        let reference = frame.segment().map_err(|e| e.to_string())?;
+        let worker = &mut self.workers[index];
+        let position = worker
+            .grants
+            .iter()
+            .position(|lease| lease.id() == reference.segment)
+            .ok_or_else(|| format!("segment {} was not granted to it", reference.segment))?;
+        let mut lease = worker.grants.swap_remove(position);
+        lease.set_len(reference.len);
+        Ok(lease)
     }
 
     /// A worker sent garbage: nothing it holds can be trusted. Kill it; its tasks are failed
@@ -789,6 +847,23 @@ impl IoLoop {
 }
 
 /// How long a worker's current task may run before tasks queued behind it may be stolen.
+/// Copies a large inline payload into a shared-memory segment (once: a stolen task keeps its
+/// segment) and says whether it did. If no segment can be had, the payload goes through the
+/// pipe as before.
+fn move_to_segment(task: &mut Task, segments: &Arc<SegmentPool>) -> bool {
+    let Pickled::Inline(bytes) = &task.payload else {
+        return false;
+    };
+    if bytes.len() < SHARED_PAYLOAD_MIN {
+        return false;
+    }
+    let Ok(lease) = segments.store(bytes) else {
+        return false;
+    };
+    task.payload = Pickled::Shared(Arc::new(lease));
+    true
+}
+
 fn steal_patience(worker: &Worker) -> Duration {
     let expected_ns = worker.task_ns_ewma.unwrap_or(0.0) * SLOW_FRONT_FACTOR;
     Duration::from_nanos(expected_ns as u64).max(STEAL_AFTER)

@@ -28,6 +28,7 @@
 pub mod chunking;
 mod io;
 mod outbox;
+pub mod segments;
 pub mod slots;
 
 use std::collections::VecDeque;
@@ -43,6 +44,7 @@ use parking_lot::{Condvar, Mutex};
 use crate::errors::PoolError;
 use crate::posix::WakeFd;
 use crate::protocol::{FrameKind, FuncId, TaskId, WorkerId};
+use segments::{Pickled, SegmentPool};
 use slots::{TaskSlot, Waiters};
 
 /// A callable shared by many tasks: workers receive its pickle once and cache it by id.
@@ -68,7 +70,7 @@ pub(crate) struct Task {
     pub(crate) slot: Arc<TaskSlot>,
     pub(crate) kind: FrameKind,
     pub(crate) func: Option<FuncDef>,
-    pub(crate) payload: Arc<Vec<u8>>,
+    pub(crate) payload: Pickled,
     pub(crate) timeout: Option<Duration>,
     pub(crate) retries_left: u32,
 }
@@ -109,6 +111,9 @@ pub struct EngineStats {
     pub in_flight: usize,
     pub tasks_done: u64,
     pub worker_deaths: u64,
+    /// Task payloads and results that travelled through shared-memory segments.
+    pub shared_payloads: u64,
+    pub shared_results: u64,
     pub workers: Vec<WorkerStats>,
 }
 
@@ -154,6 +159,8 @@ pub(crate) struct Shared {
     pub(crate) outstanding: AtomicU64,
     stats: Mutex<EngineStats>,
     pub(crate) config: EngineConfig,
+    /// Shared-memory segments for large task payloads and results.
+    pub(crate) segments: Arc<SegmentPool>,
 }
 
 impl Shared {
@@ -211,6 +218,7 @@ impl Engine {
             outstanding: AtomicU64::new(0),
             stats: Mutex::new(EngineStats::default()),
             config,
+            segments: SegmentPool::new(),
         });
         let (commands, receiver) = unbounded();
         let thread_shared = shared.clone();
@@ -277,7 +285,7 @@ impl Engine {
                 slot,
                 kind: new.kind,
                 func: new.func,
-                payload: Arc::new(new.payload),
+                payload: Pickled::from(new.payload),
                 timeout: new.timeout,
                 retries_left: retries,
             });

@@ -1,6 +1,7 @@
 //! Bytes waiting to be written to one worker's task pipe. Small frames are packed into shared
 //! buffers (many frames per `write`); a large payload stays in its own `Arc` and is written
-//! from there, so it is never copied on the parent side.
+//! from there, so it is never copied on the parent side; a payload in a shared-memory segment
+//! is sent as a short reference frame.
 #![forbid(unsafe_code)]
 
 use std::collections::VecDeque;
@@ -8,52 +9,52 @@ use std::io::{self, ErrorKind};
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
+use super::segments::Pickled;
 use crate::posix;
-use crate::protocol::{encode_frame, encode_header, FrameKind, LARGE_PAYLOAD};
+use crate::protocol::{encode_frame, encode_header, encode_shared_frame, FrameKind, LARGE_PAYLOAD};
 
 /// Packed small frames are started afresh once a buffer reaches this size.
 const PACKED_BUFFER: usize = 1 << 20;
 
-enum Segment {
+enum Chunk {
     Packed(Vec<u8>),
-    Shared(Arc<Vec<u8>>),
+    Whole(Arc<Vec<u8>>),
 }
 
-impl Segment {
+impl Chunk {
     fn bytes(&self) -> &[u8] {
         match self {
-            Segment::Packed(bytes) => bytes,
-            Segment::Shared(bytes) => bytes,
+            Chunk::Packed(bytes) => bytes,
+            Chunk::Whole(bytes) => bytes,
         }
     }
 }
 
-/// Ordered segments plus how much of the first one is already written.
+/// Ordered chunks plus how much of the first one is already written.
 #[derive(Default)]
 pub(crate) struct Outbox {
-    segments: VecDeque<Segment>,
+    chunks: VecDeque<Chunk>,
     written: usize,
 }
 
 impl Outbox {
     pub(crate) fn is_empty(&self) -> bool {
-        self.segments.is_empty()
+        self.chunks.is_empty()
     }
 
     pub(crate) fn clear(&mut self) {
-        self.segments.clear();
+        self.chunks.clear();
         self.written = 0;
     }
 
     fn packed(&mut self) -> &mut Vec<u8> {
-        let reuse =
-            matches!(self.segments.back(), Some(Segment::Packed(b)) if b.len() < PACKED_BUFFER);
+        let reuse = matches!(self.chunks.back(), Some(Chunk::Packed(b)) if b.len() < PACKED_BUFFER);
         if !reuse {
-            self.segments
-                .push_back(Segment::Packed(Vec::with_capacity(64 * 1024)));
+            self.chunks
+                .push_back(Chunk::Packed(Vec::with_capacity(64 * 1024)));
         }
-        match self.segments.back_mut() {
-            Some(Segment::Packed(bytes)) => bytes,
+        match self.chunks.back_mut() {
+            Some(Chunk::Packed(bytes)) => bytes,
             _ => unreachable!("a packed segment was just ensured at the back"),
         }
     }
@@ -63,27 +64,29 @@ impl Outbox {
         encode_frame(self.packed(), kind, id, aux, payload);
     }
 
-    /// Queues a frame, sharing the payload instead of copying it when it is large.
-    pub(crate) fn push_shared(
-        &mut self,
-        kind: FrameKind,
-        id: u64,
-        aux: u64,
-        payload: &Arc<Vec<u8>>,
-    ) {
-        if payload.len() < LARGE_PAYLOAD {
-            self.push_frame(kind, id, aux, payload);
+    /// Queues a task frame without copying a large payload: one in a shared-memory segment is
+    /// sent as a reference, a large inline one is written from its own buffer.
+    pub(crate) fn push_payload(&mut self, kind: FrameKind, id: u64, aux: u64, payload: &Pickled) {
+        let bytes = match payload {
+            Pickled::Shared(lease) => {
+                encode_shared_frame(self.packed(), kind, id, aux, lease.reference());
+                return;
+            }
+            Pickled::Inline(bytes) => bytes,
+        };
+        if bytes.len() < LARGE_PAYLOAD {
+            self.push_frame(kind, id, aux, bytes);
             return;
         }
-        let header = encode_header(kind, id, aux, payload.len());
+        let header = encode_header(kind, id, aux, bytes.len());
         self.packed().extend_from_slice(&header);
-        self.segments.push_back(Segment::Shared(payload.clone()));
+        self.chunks.push_back(Chunk::Whole(bytes.clone()));
     }
 
     /// Writes as much as the (non-blocking) descriptor takes. `Ok(true)` once everything is
     /// written, `Ok(false)` when the pipe is full.
     pub(crate) fn write_to(&mut self, fd: RawFd) -> io::Result<bool> {
-        while let Some(front) = self.segments.front() {
+        while let Some(front) = self.chunks.front() {
             let bytes = front.bytes();
             if self.written < bytes.len() {
                 match posix::write(fd, &bytes[self.written..]) {
@@ -93,7 +96,7 @@ impl Outbox {
                 }
             }
             if self.written >= bytes.len() {
-                self.segments.pop_front();
+                self.chunks.pop_front();
                 self.written = 0;
             }
         }
@@ -104,20 +107,25 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::FrameReader;
+    use crate::engine::segments::SegmentPool;
+    use crate::protocol::{FrameReader, SegmentRef};
     use std::os::fd::AsRawFd;
 
     #[test]
-    fn small_and_large_frames_arrive_in_order() {
+    fn small_large_and_shared_frames_arrive_in_order() {
         let (r, w) = posix::pipe(true).unwrap();
-        let big = Arc::new(vec![9u8; LARGE_PAYLOAD + 5]);
+        let big = Pickled::from(vec![9u8; LARGE_PAYLOAD + 5]);
+        let segments = SegmentPool::new();
+        let shared = Pickled::Shared(Arc::new(segments.store(b"in a segment").unwrap()));
         let mut outbox = Outbox::default();
         outbox.push_frame(FrameKind::Call, 1, 0, b"a");
-        outbox.push_shared(FrameKind::Call, 2, 0, &big);
-        outbox.push_shared(FrameKind::Call, 3, 0, &Arc::new(b"b".to_vec()));
+        outbox.push_payload(FrameKind::Call, 2, 0, &big);
+        outbox.push_payload(FrameKind::Call, 3, 0, &Pickled::from(b"b".to_vec()));
+        outbox.push_payload(FrameKind::Map, 4, 0, &shared);
         let mut reader = FrameReader::new();
         let mut ids = Vec::new();
-        while ids.len() < 3 {
+        let mut segment_lengths = Vec::new();
+        while ids.len() < 4 {
             let _ = outbox.write_to(w.as_raw_fd()).unwrap();
             loop {
                 let space = reader.spare(4096);
@@ -127,10 +135,22 @@ mod tests {
                 }
                 while let Some(frame) = reader.next_frame().unwrap() {
                     ids.push((frame.id, frame.payload.len()));
+                    if frame.shared {
+                        segment_lengths.push(frame.segment().unwrap().len);
+                    }
                 }
             }
         }
-        assert_eq!(ids, vec![(1, 1), (2, LARGE_PAYLOAD + 5), (3, 1)]);
+        assert_eq!(
+            ids,
+            vec![
+                (1, 1),
+                (2, LARGE_PAYLOAD + 5),
+                (3, 1),
+                (4, SegmentRef::ENCODED_LEN)
+            ]
+        );
+        assert_eq!(segment_lengths, vec![12]);
         assert!(outbox.is_empty());
     }
 }

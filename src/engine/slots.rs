@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use super::segments::Pickled;
 use crate::protocol::TaskId;
 
 /// How a task ended. Payloads are pickles produced by a worker; everything else is parent-side.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    /// pickle of the return value (a list for map chunks).
-    Value(Vec<u8>),
+    /// pickle of the return value (a list for map chunks), inline or in a shared segment.
+    Value(Pickled),
     /// pickle of (exception, traceback text) raised by the task or by pickling its result.
     TaskError(Vec<u8>),
     /// The worker running the task died; `exitcode` is negative for a signal.
@@ -149,7 +150,9 @@ impl TaskSlot {
         let mut cell = self.outcome.lock();
         let outcome = cell.as_mut()?;
         Some(match outcome {
-            Outcome::Value(bytes) => Outcome::Value(std::mem::take(bytes)),
+            Outcome::Value(value) => {
+                Outcome::Value(std::mem::replace(value, Pickled::from(Vec::new())))
+            }
             Outcome::TaskError(bytes) => Outcome::TaskError(std::mem::take(bytes)),
             other => other.clone(),
         })
@@ -210,13 +213,13 @@ mod tests {
     fn first_outcome_wins_and_publish_makes_it_visible() {
         let slot = TaskSlot::new(TaskId(1), true);
         assert!(slot.start());
-        assert!(slot.store(Outcome::Value(vec![1]), 5));
+        assert!(slot.store(Outcome::Value(Pickled::from(vec![1])), 5));
         assert!(!slot.store(Outcome::Terminated, 0));
         assert_eq!(slot.phase(), Phase::Arrived);
         assert!(!slot.is_done());
         slot.publish();
         assert!(slot.is_done());
-        assert_eq!(slot.outcome(), Some(Outcome::Value(vec![1])));
+        assert_eq!(slot.outcome(), Some(Outcome::Value(Pickled::from(vec![1]))));
         assert_eq!(slot.elapsed_ns(), 5);
     }
 
@@ -238,7 +241,7 @@ mod tests {
         let (w, s) = (waiters.clone(), slot.clone());
         let publisher = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(20));
-            s.store(Outcome::Value(vec![]), 0);
+            s.store(Outcome::Value(Pickled::from(vec![])), 0);
             s.publish();
             w.wake_all();
         });

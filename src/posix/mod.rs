@@ -1,5 +1,5 @@
 //! Thin, safe wrappers over the libc calls rpool needs: non-blocking pipes, poll, eventfd wake-ups,
-//! kill, parent-death signals and `_exit`. This is the only module with `unsafe`; every block
+//! kill, parent-death signals, `_exit`, and the memfd segments large payloads travel in. This is the only module with `unsafe`; every block
 //! states why it is sound.
 
 use std::io;
@@ -191,6 +191,73 @@ pub(crate) fn current_pid() -> i32 {
     std::process::id() as i32
 }
 
+/// Name given to every shared-memory segment (`/proc/PID/fd/N` shows `/memfd:NAME (deleted)`).
+const SEGMENT_NAME: &std::ffi::CStr = c"rpool-segment";
+
+/// A new anonymous shared-memory file (memfd), close-on-exec, empty.
+pub(crate) fn memfd_segment() -> io::Result<OwnedFd> {
+    // SAFETY: SEGMENT_NAME is a valid NUL-terminated string; memfd_create takes no other pointer.
+    let raw = check(unsafe { libc::memfd_create(SEGMENT_NAME.as_ptr(), libc::MFD_CLOEXEC) })?;
+    // SAFETY: the descriptor was just created and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Writes all of `buf` at `offset` (`pwrite(2)`, retried on EINTR and short writes).
+pub(crate) fn write_all_at(fd: RawFd, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        // SAFETY: `buf` is a valid readable region of `buf.len()` bytes for the whole call.
+        let n = unsafe { libc::pwrite(fd, buf.as_ptr().cast(), buf.len(), offset as libc::off_t) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "segment accepted no bytes",
+            ));
+        }
+        buf = &buf[n as usize..];
+        offset += n as u64;
+    }
+    Ok(())
+}
+
+/// Opens another process's descriptor `fd` (a memfd segment) through `/proc`, read-write or
+/// read-only. Needs the same user as that process, which pool and workers always are.
+pub(crate) fn open_peer_fd(pid: i32, fd: u64, writable: bool) -> io::Result<OwnedFd> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .open(format!("/proc/{pid}/fd/{fd}"))?;
+    Ok(OwnedFd::from(file))
+}
+
+/// Closes every segment descriptor this process inherited through `fork` (a worker must not
+/// keep its parent's payloads alive). Other descriptors are left alone.
+pub(crate) fn close_inherited_segments() {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let prefix = format!("/memfd:{}", SEGMENT_NAME.to_string_lossy());
+    let inherited: Vec<RawFd> = entries
+        .flatten()
+        .filter(|entry| {
+            std::fs::read_link(entry.path())
+                .is_ok_and(|target| target.to_string_lossy().starts_with(&prefix))
+        })
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in inherited {
+        // SAFETY: `fd` is a memfd segment inherited from the parent; nothing in this process
+        // refers to it (segments are only ever used through descriptors this process opens).
+        unsafe { libc::close(fd) };
+    }
+}
+
 /// Ends the process at once, skipping destructors and atexit handlers.
 pub(crate) fn exit_now(code: i32) -> ! {
     // SAFETY: _exit never returns and has no preconditions.
@@ -233,6 +300,18 @@ mod tests {
         assert_eq!(poll(&mut set, 0).unwrap(), 1);
         wake.drain();
         assert_eq!(poll(&mut set, 0).unwrap(), 0);
+    }
+
+    #[test]
+    fn segments_are_written_at_offsets_and_reopened_through_proc() {
+        let segment = memfd_segment().unwrap();
+        write_all_at(segment.as_raw_fd(), b"hello", 0).unwrap();
+        write_all_at(segment.as_raw_fd(), b"world", 5).unwrap();
+        let reopened = open_peer_fd(current_pid(), segment.as_raw_fd() as u64, false).unwrap();
+        let mut buf = [0u8; 10];
+        assert_eq!(read(reopened.as_raw_fd(), &mut buf).unwrap(), 10);
+        assert_eq!(&buf, b"helloworld");
+        assert!(open_peer_fd(current_pid(), 1 << 30, false).is_err());
     }
 
     #[test]

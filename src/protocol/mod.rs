@@ -12,6 +12,10 @@
 //! (function id for calls, compute time in ns for results, pid for `Ready`). Many frames are
 //! written back to back and read in bulk; [`FrameReader`] splits a byte stream into frames and
 //! copes with frames split across reads.
+//!
+//! A task or result frame whose kind byte has [`SHARED_FLAG`] set carries no pickle: its payload
+//! is a [`SegmentRef`] naming a shared-memory segment (a memfd the parent owns) that holds the
+//! pickle. Large payloads travel that way instead of through the pipe (see `engine::segments`).
 #![forbid(unsafe_code)]
 
 use std::fmt;
@@ -56,6 +60,9 @@ pub enum FrameKind {
     Shutdown = 5,
     /// Give back every task not started yet (answered with `Returned`).
     Steal = 6,
+    /// The worker may write one large result into segment `id` (the parent's descriptor
+    /// number is `aux`) and send a shared `Ok` frame naming it.
+    Grant = 7,
     /// Worker finished its initializer and waits for tasks; aux = pid.
     Ready = 10,
     /// Task `id` succeeded; payload = pickled value; aux = compute time in ns.
@@ -78,6 +85,7 @@ impl FrameKind {
             4 => Self::DefineFunc,
             5 => Self::Shutdown,
             6 => Self::Steal,
+            7 => Self::Grant,
             10 => Self::Ready,
             11 => Self::Ok,
             12 => Self::Err,
@@ -93,6 +101,7 @@ impl FrameKind {
 pub enum ProtocolError {
     UnknownKind(u8),
     Oversized(u64),
+    BadSegmentRef(usize),
 }
 
 impl fmt::Display for ProtocolError {
@@ -105,19 +114,67 @@ impl fmt::Display for ProtocolError {
                     "frame length {len} exceeds the limit of {MAX_PAYLOAD} bytes"
                 )
             }
+            Self::BadSegmentRef(len) => {
+                write!(f, "shared-memory reference of {len} bytes (expected 24)")
+            }
         }
     }
 }
 
 impl std::error::Error for ProtocolError {}
 
+/// Set in a frame's kind byte when its payload is an encoded [`SegmentRef`].
+pub const SHARED_FLAG: u8 = 0x80;
+
+/// Where a shared payload lies: segment `segment` (the parent's descriptor number `fd`), whose
+/// first `len` bytes are the pickle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentRef {
+    pub segment: u64,
+    pub fd: u64,
+    pub len: u64,
+}
+
+impl SegmentRef {
+    /// Size of an encoded reference (the payload of a shared frame).
+    pub const ENCODED_LEN: usize = 24;
+
+    pub fn encode(&self) -> [u8; Self::ENCODED_LEN] {
+        let mut out = [0u8; Self::ENCODED_LEN];
+        out[..8].copy_from_slice(&self.segment.to_le_bytes());
+        out[8..16].copy_from_slice(&self.fd.to_le_bytes());
+        out[16..].copy_from_slice(&self.len.to_le_bytes());
+        out
+    }
+
+    pub fn decode(payload: &[u8]) -> Result<Self, ProtocolError> {
+        if payload.len() != Self::ENCODED_LEN {
+            return Err(ProtocolError::BadSegmentRef(payload.len()));
+        }
+        Ok(Self {
+            segment: read_u64(payload),
+            fd: read_u64(&payload[8..]),
+            len: read_u64(&payload[16..]),
+        })
+    }
+}
+
 /// One decoded frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     pub kind: FrameKind,
+    /// The payload is an encoded [`SegmentRef`], not the pickle itself.
+    pub shared: bool,
     pub id: u64,
     pub aux: u64,
     pub payload: Vec<u8>,
+}
+
+impl Frame {
+    /// The segment a shared frame points at.
+    pub fn segment(&self) -> Result<SegmentRef, ProtocolError> {
+        SegmentRef::decode(&self.payload)
+    }
 }
 
 /// Payloads at least this large bypass intermediate buffers: writers send them as their own
@@ -133,6 +190,20 @@ pub fn encode_header(kind: FrameKind, id: u64, aux: u64, len: usize) -> [u8; HEA
     header[9..17].copy_from_slice(&id.to_le_bytes());
     header[17..].copy_from_slice(&aux.to_le_bytes());
     header
+}
+
+/// Appends a frame whose pickle lies in shared memory at `segment`.
+pub fn encode_shared_frame(
+    out: &mut Vec<u8>,
+    kind: FrameKind,
+    id: u64,
+    aux: u64,
+    segment: SegmentRef,
+) {
+    let mut header = encode_header(kind, id, aux, SegmentRef::ENCODED_LEN);
+    header[8] |= SHARED_FLAG;
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&segment.encode());
 }
 
 /// Appends one frame to `out`.
@@ -160,6 +231,7 @@ pub struct FrameReader {
 
 struct LargeFrame {
     kind: FrameKind,
+    shared: bool,
     id: u64,
     aux: u64,
     payload: Vec<u8>,
@@ -240,6 +312,7 @@ impl FrameReader {
             }
             let LargeFrame {
                 kind,
+                shared,
                 id,
                 aux,
                 payload,
@@ -247,6 +320,7 @@ impl FrameReader {
             } = large;
             return Ok(Some(Frame {
                 kind,
+                shared,
                 id,
                 aux,
                 payload,
@@ -260,9 +334,10 @@ impl FrameReader {
         if len > MAX_PAYLOAD {
             return Err(ProtocolError::Oversized(len));
         }
-        let kind = FrameKind::from_byte(pending[8])?;
+        let kind = FrameKind::from_byte(pending[8] & !SHARED_FLAG)?;
+        let shared = pending[8] & SHARED_FLAG != 0;
         if len as usize >= LARGE_PAYLOAD {
-            return Ok(self.start_large_frame(kind, len as usize));
+            return Ok(self.start_large_frame(kind, shared, len as usize));
         }
         let total = HEADER_LEN + len as usize;
         if pending.len() < total {
@@ -278,6 +353,7 @@ impl FrameReader {
         }
         Ok(Some(Frame {
             kind,
+            shared,
             id,
             aux,
             payload,
@@ -287,7 +363,7 @@ impl FrameReader {
 
 impl FrameReader {
     /// Moves the buffered part of a large frame into its own buffer; the rest is read there.
-    fn start_large_frame(&mut self, kind: FrameKind, len: usize) -> Option<Frame> {
+    fn start_large_frame(&mut self, kind: FrameKind, shared: bool, len: usize) -> Option<Frame> {
         let pending = &self.buf[self.start..self.end];
         let id = read_u64(&pending[9..]);
         let aux = read_u64(&pending[17..]);
@@ -303,6 +379,7 @@ impl FrameReader {
         if have == len {
             return Some(Frame {
                 kind,
+                shared,
                 id,
                 aux,
                 payload,
@@ -310,6 +387,7 @@ impl FrameReader {
         }
         self.large = Some(LargeFrame {
             kind,
+            shared,
             id,
             aux,
             payload,
@@ -414,6 +492,29 @@ mod tests {
         assert_eq!(got[1].payload, big);
         assert_eq!(got[2].payload, b"tail");
         assert!(reader.is_empty());
+    }
+
+    #[test]
+    fn shared_frames_carry_their_segment_and_plain_ones_do_not() {
+        let segment = SegmentRef {
+            segment: 9,
+            fd: 41,
+            len: 8 << 20,
+        };
+        let mut bytes = Vec::new();
+        encode_shared_frame(&mut bytes, FrameKind::Map, 3, 17, segment);
+        bytes.extend(frame(FrameKind::Ok, 4, 0, b"inline"));
+        let mut reader = FrameReader::new();
+        reader.feed(&bytes);
+        let first = reader.next_frame().unwrap().unwrap();
+        assert_eq!(
+            (first.kind, first.shared, first.id, first.aux),
+            (FrameKind::Map, true, 3, 17)
+        );
+        assert_eq!(first.segment(), Ok(segment));
+        let second = reader.next_frame().unwrap().unwrap();
+        assert!(!second.shared);
+        assert_eq!(second.segment(), Err(ProtocolError::BadSegmentRef(6)));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
 use crate::engine::chunking::{chunksize_for_len, AdaptiveChunker};
+use crate::engine::segments::Pickled;
 use crate::engine::slots::{Outcome, Phase, TaskSlot};
 use crate::engine::{Engine, EngineConfig, Event, FuncDef, NewTask, WorkerSpec};
 use crate::errors::PoolError;
@@ -82,6 +83,18 @@ static FAILURE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 fn loads(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     LOADS.import(py, "pickle", "loads")
+}
+
+static LOADS_SEGMENT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// Unpickles a task's value where it lies: from the bytes, or from a mapping of its segment.
+fn load_value<'py>(py: Python<'py>, value: &Pickled) -> PyResult<Bound<'py, PyAny>> {
+    match value {
+        Pickled::Inline(bytes) => loads(py)?.call1((PyBytes::new(py, bytes),)),
+        Pickled::Shared(lease) => LOADS_SEGMENT
+            .import(py, "rpool._remote", "loads_segment")?
+            .call1((lease.raw_fd(), lease.len())),
+    }
 }
 
 static UNPICKLE_FAILURE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -308,7 +321,8 @@ impl Core {
         self.engine.outstanding()
     }
 
-    /// Counters: queued, in_flight, tasks_done, worker_deaths and per-worker figures.
+    /// Counters: queued, in_flight, tasks_done, worker_deaths, shared_payloads, shared_results
+    /// and per-worker figures.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let stats = self.engine.stats();
         let dict = PyDict::new(py);
@@ -316,6 +330,8 @@ impl Core {
         dict.set_item("in_flight", stats.in_flight)?;
         dict.set_item("tasks_done", stats.tasks_done)?;
         dict.set_item("worker_deaths", stats.worker_deaths)?;
+        dict.set_item("shared_payloads", stats.shared_payloads)?;
+        dict.set_item("shared_results", stats.shared_results)?;
         let workers = PyList::empty(py);
         for w in stats.workers {
             let entry = PyDict::new(py);
@@ -351,7 +367,7 @@ impl AsyncResult {
             let factory = failure_factory(py)?;
             let front = self.front;
             let (ok, value) = match outcome {
-                Outcome::Value(bytes) => match loads(py)?.call1((PyBytes::new(py, &bytes),)) {
+                Outcome::Value(value) => match load_value(py, &value) {
                     Ok(value) => (true, value),
                     // A result that cannot be unpickled here fails its own task, not the pool.
                     Err(err) => (

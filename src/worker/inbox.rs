@@ -7,6 +7,9 @@
 //! task the main loop has not started and answers `Returned` with their ids; the parent gives
 //! them to other workers. The main loop never starts a returned task, because both sides take
 //! tasks out of the same locked queue.
+//!
+//! `Grant` frames (segments the worker may write large results into) are also taken by the
+//! reader thread, so a grant is usable at once even when many tasks are queued ahead of it.
 #![forbid(unsafe_code)]
 
 use std::collections::VecDeque;
@@ -49,6 +52,8 @@ impl ResultPipe {
 #[derive(Default)]
 struct InboxState {
     frames: VecDeque<Frame>,
+    /// Granted result segments: (segment id, the parent's descriptor number).
+    grants: Vec<(u64, u64)>,
     closed: bool,
     error: Option<String>,
 }
@@ -94,6 +99,11 @@ impl Inbox {
             return Some(Next::Failed(error.clone()));
         }
         state.closed.then_some(Next::Closed)
+    }
+
+    /// A granted segment for one large result, if the parent has granted any.
+    pub(crate) fn take_grant(&self) -> Option<(u64, u64)> {
+        self.state.lock().grants.pop()
     }
 
     fn push(&self, frame: Frame) {
@@ -157,7 +167,9 @@ fn read_tasks(task_fd: RawFd, inbox: &Inbox, results: &ResultPipe) -> io::Result
             .next_frame()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
         {
-            if frame.kind == FrameKind::Steal {
+            if frame.kind == FrameKind::Grant {
+                inbox.state.lock().grants.push((frame.id, frame.aux));
+            } else if frame.kind == FrameKind::Steal {
                 let ids = inbox.take_back_tasks();
                 let payload: Vec<u8> = ids.iter().flat_map(|id| id.to_le_bytes()).collect();
                 let mut out = Vec::with_capacity(payload.len() + 32);
@@ -185,6 +197,7 @@ mod tests {
         let mut out = Vec::new();
         encode_frame(&mut out, FrameKind::Call, 1, 0, b"a");
         encode_frame(&mut out, FrameKind::DefineFunc, 9, 0, b"f");
+        encode_frame(&mut out, FrameKind::Grant, 5, 77, b"");
         encode_frame(&mut out, FrameKind::Call, 2, 0, b"b");
         encode_frame(&mut out, FrameKind::Map, 3, 0, b"c");
         posix::write_all(task_w.as_raw_fd(), &out).unwrap();
@@ -216,7 +229,9 @@ mod tests {
             .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
             .collect();
         assert_eq!(ids, vec![2, 3]);
-        // The function definition stays; the stolen tasks are gone.
+        // The grant went aside; the function definition stays; the stolen tasks are gone.
+        assert_eq!(inbox.take_grant(), Some((5, 77)));
+        assert_eq!(inbox.take_grant(), None);
         match inbox.try_next() {
             Some(Next::Frame(frame)) => assert_eq!(frame.kind, FrameKind::DefineFunc),
             _ => panic!("expected the definition"),

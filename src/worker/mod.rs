@@ -7,7 +7,7 @@
 //! `fork` the parent's locks and threads are not usable here.
 
 use std::collections::HashMap;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,8 +15,11 @@ use pyo3::exceptions::{PyKeyError, PyOSError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
+use crate::engine::segments::SHARED_PAYLOAD_MIN;
 use crate::posix;
-use crate::protocol::{encode_frame, encode_header, FrameKind, LARGE_PAYLOAD};
+use crate::protocol::{
+    encode_frame, encode_header, encode_shared_frame, Frame, FrameKind, SegmentRef, LARGE_PAYLOAD,
+};
 
 mod inbox;
 use inbox::{Inbox, Next, ResultPipe};
@@ -37,6 +40,8 @@ const ORPHAN_GRACE: Duration = Duration::from_millis(1000);
 #[pyo3(signature = (task_fd, expected_parent))]
 pub(crate) fn prepare_worker(task_fd: RawFd, expected_parent: i32) -> PyResult<()> {
     posix::set_parent_death_signal(libc::SIGKILL).map_err(|e| PyOSError::new_err(e.to_string()))?;
+    // A forked worker would otherwise keep its parent's payload segments alive.
+    posix::close_inherited_segments();
     if expected_parent > 0 && posix::parent_pid() != expected_parent {
         // The parent died before the death signal was armed.
         posix::exit_now(1);
@@ -81,6 +86,7 @@ struct Codec<'py> {
     encode_result_error: Bound<'py, PyAny>,
     run_map: Bound<'py, PyAny>,
     run_starmap: Bound<'py, PyAny>,
+    loads_segment: Bound<'py, PyAny>,
 }
 
 impl<'py> Codec<'py> {
@@ -92,6 +98,7 @@ impl<'py> Codec<'py> {
             encode_result_error: codec.getattr("encode_result_error")?,
             run_map: codec.getattr("run_map")?,
             run_starmap: codec.getattr("run_starmap")?,
+            loads_segment: codec.getattr("loads_segment")?,
         })
     }
 }
@@ -100,14 +107,15 @@ impl<'py> Codec<'py> {
 type CachedFunc = Result<Py<PyAny>, PyErr>;
 
 /// Runs tasks until the pool releases the worker, the task pipe closes, or `max_tasks` tasks
-/// are done.
+/// are done. `pool_pid` is the process that owns the pool (and its shared-memory segments).
 #[pyfunction]
-#[pyo3(signature = (task_fd, result_fd, codec, max_tasks=None))]
+#[pyo3(signature = (task_fd, result_fd, codec, pool_pid, max_tasks=None))]
 pub(crate) fn worker_loop(
     py: Python<'_>,
     task_fd: RawFd,
     result_fd: RawFd,
     codec: &Bound<'_, PyAny>,
+    pool_pid: i32,
     max_tasks: Option<u64>,
 ) -> PyResult<()> {
     let codec = Codec::new(codec)?;
@@ -159,13 +167,19 @@ pub(crate) fn worker_loop(
                     oldest_unflushed = None;
                 }
                 let started = Instant::now();
-                let (ok, payload) =
-                    run_task(py, &codec, &funcs, frame.kind, frame.aux, &frame.payload)?;
+                let (ok, payload) = run_task(py, &codec, &funcs, &frame, pool_pid)?;
                 let elapsed = started.elapsed();
                 let kind = if ok { FrameKind::Ok } else { FrameKind::Err };
                 let result = payload.as_bytes();
                 let elapsed_ns = elapsed.as_nanos() as u64;
-                if result.len() >= LARGE_PAYLOAD {
+                let segment = if ok && result.len() >= SHARED_PAYLOAD_MIN {
+                    py.detach(|| write_to_grant(&inbox, pool_pid, result))
+                } else {
+                    None
+                };
+                if let Some(segment) = segment {
+                    encode_shared_frame(&mut out, kind, frame.id, elapsed_ns, segment);
+                } else if result.len() >= LARGE_PAYLOAD {
                     // Written straight from the pickle's buffer: no copy into `out`.
                     flush(py, &results, &mut out).map_err(io_err)?;
                     let header = encode_header(kind, frame.id, elapsed_ns, result.len());
@@ -177,7 +191,8 @@ pub(crate) fn worker_loop(
                 oldest_unflushed.get_or_insert(started);
                 done += 1;
                 let finished = max_tasks.is_some_and(|limit| done >= limit);
-                if finished || elapsed >= FLUSH_AFTER || out.len() >= FLUSH_BYTES {
+                let shared = segment.is_some();
+                if finished || shared || elapsed >= FLUSH_AFTER || out.len() >= FLUSH_BYTES {
                     flush(py, &results, &mut out).map_err(io_err)?;
                     oldest_unflushed = None;
                 }
@@ -209,16 +224,50 @@ fn flush(py: Python<'_>, results: &ResultPipe, out: &mut Vec<u8>) -> std::io::Re
     outcome
 }
 
+/// Writes a large result into a segment the parent granted; `None` (the result then goes
+/// through the pipe) when no grant is left or the segment cannot be written.
+fn write_to_grant(inbox: &Inbox, pool_pid: i32, result: &[u8]) -> Option<SegmentRef> {
+    let (segment, fd) = inbox.take_grant()?;
+    let file = posix::open_peer_fd(pool_pid, fd, true).ok()?;
+    posix::write_all_at(file.as_raw_fd(), result, 0).ok()?;
+    Some(SegmentRef {
+        segment,
+        fd,
+        len: result.len() as u64,
+    })
+}
+
+/// Unpickles a task's payload: inline bytes, or a segment of the pool's process mapped here.
+fn decode_payload<'py>(
+    py: Python<'py>,
+    codec: &Codec<'py>,
+    frame: &Frame,
+    pool_pid: i32,
+) -> PyResult<Bound<'py, PyAny>> {
+    if !frame.shared {
+        return codec.loads.call1((PyBytes::new(py, &frame.payload),));
+    }
+    let segment = frame
+        .segment()
+        .map_err(|e| PyOSError::new_err(format!("rpool worker: {e}")))?;
+    let file = posix::open_peer_fd(pool_pid, segment.fd, false).map_err(|e| {
+        PyOSError::new_err(format!(
+            "rpool worker cannot open the task's shared memory (pid {pool_pid}, fd {}): {e}",
+            segment.fd
+        ))
+    })?;
+    codec.loads_segment.call1((file.as_raw_fd(), segment.len))
+}
+
 /// Runs one task; returns (succeeded, pickled value or pickled failure).
 fn run_task<'py>(
     py: Python<'py>,
     codec: &Codec<'py>,
     funcs: &HashMap<u64, CachedFunc>,
-    kind: FrameKind,
-    func_id: u64,
-    payload: &[u8],
+    frame: &Frame,
+    pool_pid: i32,
 ) -> PyResult<(bool, Bound<'py, PyBytes>)> {
-    let value = call_task(py, codec, funcs, kind, func_id, payload);
+    let value = call_task(py, codec, funcs, frame, pool_pid);
     let value = match value {
         Ok(value) => value,
         Err(err) => {
@@ -241,11 +290,11 @@ fn call_task<'py>(
     py: Python<'py>,
     codec: &Codec<'py>,
     funcs: &HashMap<u64, CachedFunc>,
-    kind: FrameKind,
-    func_id: u64,
-    payload: &[u8],
+    frame: &Frame,
+    pool_pid: i32,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let decoded = codec.loads.call1((PyBytes::new(py, payload),))?;
+    let (kind, func_id) = (frame.kind, frame.aux);
+    let decoded = decode_payload(py, codec, frame, pool_pid)?;
     let (func, rest) = if func_id == 0 {
         let pair = decoded.cast_into::<PyTuple>()?;
         let func = pair.get_item(0)?;
