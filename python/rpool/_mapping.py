@@ -20,8 +20,9 @@ from rpool._progress import Progress
 from rpool._remote import PROTOCOL
 from rpool._runtime import Runtime
 
-# Chunks in flight per worker for lazy maps: enough to keep every worker busy while results are
-# being consumed, small enough that an endless input is read only a little ahead.
+# Chunks in flight per worker for lazy maps (rpool.dask counts cluster threads as workers): enough
+# to keep every worker busy while results are being consumed, small enough that an endless input
+# is read only a little ahead.
 WINDOW_CHUNKS_PER_WORKER = 4
 
 

@@ -61,6 +61,7 @@ except ImportError as _missing:  # pragma: no cover - exercised only without the
 
 from rpool import _rpool
 from rpool._insights import PoolStats, WorkerStats
+from rpool._mapping import WINDOW_CHUNKS_PER_WORKER, check_chunksize
 from rpool._remote import (
     FRONT_EXECUTOR,
     FRONT_POOL,
@@ -74,11 +75,6 @@ from rpool._remote import (
 )
 
 __all__ = ["AsyncResult", "IMapIterator", "MapResult", "Pool", "ProcessPoolExecutor"]
-
-# Chunks in flight per cluster thread for `imap`/`imap_unordered`: enough that every thread has
-# the next chunk queued while results are consumed, few enough that an endless input is read only
-# a little ahead (same trade-off as the local pools' window).
-WINDOW_CHUNKS_PER_WORKER = 4
 
 # Seconds `terminate`/`shutdown` wait for Dask to report cancelled tasks before failing their
 # results directly: long enough for a scheduler round trip, short enough not to hang on a dead
@@ -483,15 +479,6 @@ def _worker_lost(exc: BaseException) -> WorkerLostError:
     return error
 
 
-def _check_chunksize(chunksize: int | None) -> None:
-    if chunksize is None:
-        return
-    if not isinstance(chunksize, int) or isinstance(chunksize, bool):
-        raise TypeError(f"chunksize must be an int or None, not {type(chunksize).__name__}")
-    if chunksize < 1:
-        raise ValueError(f"Chunksize must be 1+, not {chunksize}")
-
-
 def _task_label(func: object, kind: str) -> str:
     name = getattr(func, "__name__", type(func).__name__)
     return f"{kind}-{name}"
@@ -839,7 +826,7 @@ class Pool:
     ) -> MapResult:
         _check_limit(task_timeout, "task_timeout")
         cluster = self._live_cluster()
-        _check_chunksize(chunksize)
+        check_chunksize(chunksize)
         items = iterable if hasattr(iterable, "__len__") else list(iterable)
         length = len(items)  # type: ignore[arg-type]
         if chunksize is None:
@@ -924,7 +911,7 @@ class Pool:
     ) -> IMapIterator:
         _check_limit(task_timeout, "task_timeout")
         cluster = self._live_cluster()
-        _check_chunksize(chunksize)
+        check_chunksize(chunksize)
         if chunksize is None and hasattr(iterable, "__len__"):
             chunksize = _rpool.default_chunksize(len(iterable), self._processes)  # type: ignore[arg-type]
         return IMapIterator(
@@ -1152,7 +1139,7 @@ class ProcessPoolExecutor(futures.Executor):
                 raise TypeError("buffersize must be an integer or None")
             if buffersize < 1:
                 raise ValueError("buffersize must be None or > 0")
-        _check_chunksize(chunksize)
+        check_chunksize(chunksize)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._shutdown_lock:
             cluster = self._check_open()
