@@ -41,7 +41,6 @@ import sys
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent import futures
 from concurrent.futures import CancelledError, _base
@@ -61,7 +60,14 @@ except ImportError as _missing:  # pragma: no cover - exercised only without the
 
 from rpool import _rpool
 from rpool._insights import PoolStats, WorkerStats
-from rpool._mapping import WINDOW_CHUNKS_PER_WORKER, check_chunksize
+from rpool._mapping import (
+    ChunkSink,
+    LazyMapIterator,
+    _LazyMapState,
+    check_chunksize,
+    default_window,
+    lazy_chunksize,
+)
 from rpool._remote import (
     FRONT_EXECUTOR,
     FRONT_POOL,
@@ -580,7 +586,26 @@ class MapResult(AsyncResult):
         self._complete(True, values)
 
 
-class IMapIterator(Iterator[Any]):
+class _ClusterSink(ChunkSink):
+    """Sends a lazy map's chunks to the cluster, one Dask task each; Dask's callback thread
+    completes them."""
+
+    def __init__(
+        self, cluster: _Cluster, func: Callable[..., Any], star: bool, task_timeout: float | None
+    ) -> None:
+        self.cluster = cluster
+        self.func = func
+        self.star = star
+        self.task_timeout = task_timeout
+        self.label = _task_label(func, "starmap" if star else "map")
+
+    def send(self, state: _LazyMapState, index: int, chunk: list[Any]) -> None:
+        payload = _dumps((self.func, self.star, chunk))
+        on_done = functools.partial(state.chunk_done, index, len(chunk))
+        self.cluster.submit(_run_chunk, payload, self.label, on_done, timeout=self.task_timeout)
+
+
+class IMapIterator(LazyMapIterator):
     """Iterator of `imap`/`imap_unordered`/`Executor.map`: a feeder thread reads the input
     lazily, sending at most ``window`` chunks ahead of the consumer.
 
@@ -601,121 +626,17 @@ class IMapIterator(Iterator[Any]):
         deadline: float | None = None,
         task_timeout: float | None = None,
     ) -> None:
-        self._cluster = cluster
-        self._task_timeout = task_timeout
-        self._func = func
-        self._star = star
-        self._ordered = ordered
-        self._timeout_error = timeout_error
-        self._deadline = deadline
-        self._cond = threading.Condition()
-        self._done: dict[int, tuple[bool, Any]] = {}  # ordered: chunk index -> outcome
-        self._arrived: deque[tuple[bool, Any]] = deque()  # unordered: outcomes as they come
-        self._total: int | None = None  # chunks sent, once the input is exhausted
-        self._window = threading.Semaphore(window)
-        self._abandoned = False
-        self._buffer: deque[Any] = deque()
-        self._next_index = 0
-        self._sizer = _rpool.ChunkSizer() if chunksize is None else None
-        self._feeder = threading.Thread(
-            target=self._feed,
-            args=(iterable, chunksize),
-            name="rpool-dask-feeder",
-            daemon=True,
+        self._start(
+            _ClusterSink(cluster, func, star, task_timeout),
+            iterable,
+            chunksize=chunksize,
+            ordered=ordered,
+            window=window,
+            timeout_error=timeout_error,
+            deadline=deadline,
+            progress=None,
+            thread_name="rpool-dask-feeder",
         )
-        self._feeder.start()
-
-    def _feed(self, iterable: Iterable[Any], chunksize: int | None) -> None:
-        index = 0
-        label = _task_label(self._func, "starmap" if self._star else "map")
-        try:
-            iterator = iter(iterable)
-            while not self._abandoned:
-                size = chunksize if self._sizer is None else self._sizer.next_size()
-                chunk = list(itertools.islice(iterator, size))
-                if not chunk:
-                    break
-                while not self._window.acquire(timeout=0.1):
-                    if self._abandoned:
-                        return
-                payload = _dumps((self._func, self._star, chunk))
-                on_done = functools.partial(self._chunk_done, index, len(chunk))
-                self._cluster.submit(
-                    _run_chunk, payload, label, on_done, timeout=self._task_timeout
-                )
-                index += 1
-        except BaseException as exc:  # noqa: BLE001 - raised to the consumer, in order
-            self._deliver(index, False, exc)
-            self._finish(index + 1)
-            return
-        self._finish(index)
-
-    def _chunk_done(self, index: int, size: int, ok: bool, value: Any, seconds: float) -> None:
-        if ok and self._sizer is not None:
-            self._sizer.observe(size, seconds)
-        self._deliver(index, ok, value)
-
-    def _deliver(self, index: int, ok: bool, value: Any) -> None:
-        with self._cond:
-            if self._ordered:
-                self._done[index] = (ok, value)
-            else:
-                self._arrived.append((ok, value))
-            self._cond.notify_all()
-
-    def _finish(self, total: int) -> None:
-        with self._cond:
-            self._total = total
-            self._cond.notify_all()
-
-    def __iter__(self) -> IMapIterator:
-        return self
-
-    def next(self, timeout: float | None = None) -> Any:
-        """Returns the next result, waiting at most `timeout` seconds."""
-        while not self._buffer:
-            if self._deadline is not None:
-                left = self._deadline - time.monotonic()
-                timeout = left if timeout is None else min(timeout, left)
-            end = None if timeout is None else time.monotonic() + timeout
-            with self._cond:
-                while True:
-                    got = self._take_locked()
-                    if got is not None:
-                        break
-                    if self._total is not None and self._next_index >= self._total:
-                        raise StopIteration
-                    if end is None:
-                        self._cond.wait()
-                    else:
-                        left = end - time.monotonic()
-                        if left <= 0:
-                            raise self._timeout_error()
-                        self._cond.wait(left)
-            self._window.release()
-            ok, value = got
-            if not ok:
-                raise value
-            self._buffer.extend(value)
-        return self._buffer.popleft()
-
-    __next__ = next
-
-    def _take_locked(self) -> tuple[bool, Any] | None:
-        if self._ordered:
-            got = self._done.pop(self._next_index, None)
-        else:
-            got = self._arrived.popleft() if self._arrived else None
-        if got is not None:
-            self._next_index += 1
-        return got
-
-    def close(self) -> None:
-        """Stops reading the input; chunks already sent still run."""
-        self._abandoned = True
-
-    def __del__(self) -> None:
-        self._abandoned = True
 
 
 # --- Pool ------------------------------------------------------------------------------------
@@ -912,16 +833,14 @@ class Pool:
         _check_limit(task_timeout, "task_timeout")
         cluster = self._live_cluster()
         check_chunksize(chunksize)
-        if chunksize is None and hasattr(iterable, "__len__"):
-            chunksize = _rpool.default_chunksize(len(iterable), self._processes)  # type: ignore[arg-type]
         return IMapIterator(
             cluster,
             func,
             iterable,
             star=False,
-            chunksize=chunksize,
+            chunksize=lazy_chunksize(iterable, chunksize, self._processes),
             ordered=ordered,
-            window=max(2, WINDOW_CHUNKS_PER_WORKER * self._processes),
+            window=default_window(self._processes),
             timeout_error=MpTimeoutError,
             task_timeout=task_timeout,
         )
