@@ -37,7 +37,6 @@ import heapq
 import itertools
 import os
 import pickle
-import sys
 import threading
 import time
 import uuid
@@ -59,6 +58,13 @@ except ImportError as _missing:  # pragma: no cover - exercised only without the
     ) from _missing
 
 from rpool import _rpool
+from rpool._fronts import (
+    ExecutorFront,
+    after_feeders,
+    check_executor_options,
+    map_deadline,
+    map_sizing,
+)
 from rpool._insights import PoolStats, WorkerStats
 from rpool._mapping import (
     ChunkSink,
@@ -428,6 +434,11 @@ class _Cluster:
         """Waits until every outstanding task reported (results fetched, callbacks run)."""
         with self.lock:
             return self.drained.wait_for(lambda: not self.live, timeout)
+
+    def drain(self) -> None:
+        """Waits for every outstanding task, then releases the client."""
+        self.wait_drained()
+        self.release()
 
     def cancel_all(self) -> None:
         """Cancels every outstanding task on the cluster; their results fail. Tasks Dask does
@@ -893,8 +904,7 @@ class Pool:
         """Waits for outstanding tasks to finish; call `close` or `terminate` first."""
         if self._state == RUN:
             raise ValueError("Pool is still running")
-        self._cluster.wait_drained()
-        self._cluster.release()
+        self._cluster.drain()
 
     def __enter__(self) -> Pool:
         if self._state != RUN:
@@ -948,14 +958,7 @@ class DaskFuture(futures.Future):  # type: ignore[type-arg]
             pass  # cancelled meanwhile
 
 
-def _result_iterator(results: IMapIterator) -> Iterator[Any]:
-    try:
-        yield from results
-    finally:
-        results.close()
-
-
-class ProcessPoolExecutor(futures.Executor):
+class ProcessPoolExecutor(ExecutorFront, futures.Executor):
     """The `concurrent.futures.ProcessPoolExecutor` API, running tasks on a Dask cluster.
 
     ``client`` (keyword-only): a `distributed.Client` or a scheduler address (the executor then
@@ -975,20 +978,10 @@ class ProcessPoolExecutor(futures.Executor):
         max_tasks_per_child: int | None = None,
         client: Any = None,
     ) -> None:
-        if max_workers is not None and max_workers <= 0:
-            raise ValueError("max_workers must be greater than 0")
-        if initializer is not None and not callable(initializer):
-            raise TypeError("initializer must be a callable")
-        if max_tasks_per_child is not None:
-            if not isinstance(max_tasks_per_child, int):
-                raise TypeError("max_tasks_per_child must be an integer")
-            if max_tasks_per_child <= 0:
-                raise ValueError("max_tasks_per_child must be >= 1")
+        check_executor_options(max_workers, initializer, max_tasks_per_child)
         self._cluster = _Cluster(client, FRONT_EXECUTOR, initializer, tuple(initargs))
         self._max_workers = max_workers if max_workers is not None else self._cluster.threads()
-        self._shutdown_lock = threading.Lock()
-        self._shutdown_thread = False
-        self._feeders: list[threading.Thread] = []
+        self._init_shutdown()
 
     def _check_open(self) -> _Cluster:
         if self._shutdown_thread:
@@ -1053,18 +1046,10 @@ class ProcessPoolExecutor(futures.Executor):
         ``chunksize=None`` picks a chunk size; ``buffersize`` bounds the chunks in flight;
         ``timeout`` counts from this call, past it iteration raises `TimeoutError`.
         """
-        if buffersize is not None:
-            if not isinstance(buffersize, int):
-                raise TypeError("buffersize must be an integer or None")
-            if buffersize < 1:
-                raise ValueError("buffersize must be None or > 0")
-        check_chunksize(chunksize)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = map_deadline(timeout, chunksize, buffersize)
         with self._shutdown_lock:
             cluster = self._check_open()
-        if chunksize is None and iterables and all(hasattr(i, "__len__") for i in iterables):
-            length = min(len(i) for i in iterables)  # type: ignore[arg-type]
-            chunksize = _rpool.default_chunksize(length, self._max_workers)
+        _, chunksize, window = map_sizing(iterables, chunksize, buffersize, self._max_workers)
         results = IMapIterator(
             cluster,
             fn,
@@ -1072,14 +1057,11 @@ class ProcessPoolExecutor(futures.Executor):
             star=True,
             chunksize=chunksize,
             ordered=True,
-            window=buffersize if buffersize is not None else sys.maxsize,
+            window=window,
             timeout_error=futures.TimeoutError,
             deadline=deadline,
         )
-        with self._shutdown_lock:
-            self._feeders = [t for t in self._feeders if t.is_alive()]
-            self._feeders.append(results._feeder)
-        return _result_iterator(results)
+        return self._map_results(results)
 
     def stats(self) -> PoolStats:
         """A snapshot of this pool's work on the cluster: per Dask worker that ran its tasks,
@@ -1091,20 +1073,10 @@ class ProcessPoolExecutor(futures.Executor):
         """Accepts no more work; with ``wait``, waits for outstanding tasks. Then releases the
         executor's client. ``cancel_futures=True`` cancels tasks on the cluster first. The
         cluster keeps running."""
-        with self._shutdown_lock:
-            self._shutdown_thread = True
-            feeders = list(self._feeders)
+        feeders = self._stop_accepting()
         if cancel_futures:
             self._cluster.cancel_all()
-        if wait:
-            _drain(self._cluster, feeders)
-        else:
-            threading.Thread(
-                target=_drain,
-                args=(self._cluster, feeders),
-                name="rpool-dask-shutdown",
-                daemon=True,
-            ).start()
+        after_feeders(feeders, self._cluster.drain, wait, "rpool-dask-shutdown")
 
     def terminate_workers(self) -> None:
         """Stops this executor's work now: every task it has on the cluster is cancelled and
@@ -1115,10 +1087,3 @@ class ProcessPoolExecutor(futures.Executor):
     def kill_workers(self) -> None:
         """Same as `terminate_workers` on a Dask cluster (there is no local process to kill)."""
         self.terminate_workers()
-
-
-def _drain(cluster: _Cluster, feeders: list[threading.Thread]) -> None:
-    for feeder in feeders:
-        feeder.join()
-    cluster.wait_drained()
-    cluster.release()
