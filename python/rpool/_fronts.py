@@ -1,6 +1,7 @@
-"""What the local executor (`rpool.executor`) and `rpool.dask`'s have in common, whatever runs
-their tasks: the constructor's argument checks, and `Executor.map`'s option checks, input sizing
-and the bookkeeping of its feeder threads that `shutdown` waits for.
+"""What the local fronts (`rpool.pool`, `rpool.executor`) and `rpool.dask`'s have in common,
+whatever runs their tasks: the constructors' argument checks, `Pool`'s states and the methods
+that only look at them, and `Executor.map`'s option checks, input sizing and the bookkeeping of
+its feeder threads that `shutdown` waits for.
 """
 
 from __future__ import annotations
@@ -9,10 +10,31 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 from rpool import _rpool
 from rpool._mapping import LazyMapIterator, check_chunksize
+
+# `Pool._state`: accepting tasks, closed (queued tasks still run), terminated.
+RUN = "RUN"
+CLOSE = "CLOSE"
+TERMINATE = "TERMINATE"
+
+
+def check_pool_options(
+    processes: int | None,
+    maxtasksperchild: int | None,
+    initializer: Callable[..., object] | None,
+) -> None:
+    """`Pool`'s checks of its stdlib arguments, with the stdlib's errors."""
+    if processes is not None and processes < 1:
+        raise ValueError("Number of processes must be at least 1")
+    if maxtasksperchild is not None:
+        if not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0:
+            raise ValueError("maxtasksperchild must be a positive int or None")
+    if initializer is not None and not callable(initializer):
+        raise TypeError("initializer must be a callable")
 
 
 def check_executor_options(
@@ -31,6 +53,37 @@ def check_executor_options(
             raise TypeError("max_tasks_per_child must be an integer")
         if max_tasks_per_child <= 0:
             raise ValueError("max_tasks_per_child must be >= 1")
+
+
+class PoolFront:
+    """`Pool` methods that depend only on its state; a subclass sets ``_state`` and
+    ``_processes`` and defines `terminate`."""
+
+    _state: str
+    _processes: int
+
+    def terminate(self) -> None:
+        raise NotImplementedError
+
+    def __reduce__(self) -> Any:
+        raise NotImplementedError("pool objects cannot be passed between processes or pickled")
+
+    def __repr__(self) -> str:
+        name = f"{type(self).__module__}.{type(self).__qualname__}"
+        return f"<{name} state={self._state} pool_size={self._processes}>"
+
+    def __enter__(self) -> Self:
+        if self._state != RUN:
+            raise ValueError("Pool not running")
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.terminate()
 
 
 def map_deadline(

@@ -46,7 +46,6 @@ from concurrent.futures import CancelledError, _base
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import TimeoutError as MpTimeoutError
 from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
-from types import TracebackType
 from typing import Any, NamedTuple
 
 try:
@@ -59,9 +58,14 @@ except ImportError as _missing:  # pragma: no cover - exercised only without the
 
 from rpool import _rpool
 from rpool._fronts import (
+    CLOSE,
+    RUN,
+    TERMINATE,
     ExecutorFront,
+    PoolFront,
     after_feeders,
     check_executor_options,
+    check_pool_options,
     map_deadline,
     map_sizing,
 )
@@ -652,12 +656,8 @@ class IMapIterator(LazyMapIterator):
 
 # --- Pool ------------------------------------------------------------------------------------
 
-RUN = "RUN"
-CLOSE = "CLOSE"
-TERMINATE = "TERMINATE"
 
-
-class Pool:
+class Pool(PoolFront):
     """The `multiprocessing.pool.Pool` API, running tasks on a Dask cluster.
 
     ``client`` (keyword-only): a `distributed.Client`, or a scheduler address (the pool then
@@ -679,13 +679,7 @@ class Pool:
         client: Any = None,
     ) -> None:
         self._state = RUN
-        if processes is not None and processes < 1:
-            raise ValueError("Number of processes must be at least 1")
-        if maxtasksperchild is not None:
-            if not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0:
-                raise ValueError("maxtasksperchild must be a positive int or None")
-        if initializer is not None and not callable(initializer):
-            raise TypeError("initializer must be a callable")
+        check_pool_options(processes, maxtasksperchild, initializer)
         self._cluster = _Cluster(client, FRONT_POOL, initializer, tuple(initargs))
         self._processes = processes if processes is not None else self._cluster.threads()
         self._lock = threading.Lock()
@@ -694,13 +688,6 @@ class Pool:
         if self._state != RUN:
             raise ValueError("Pool not running")
         return self._cluster
-
-    def __reduce__(self) -> Any:
-        raise NotImplementedError("pool objects cannot be passed between processes or pickled")
-
-    def __repr__(self) -> str:
-        name = f"{type(self).__module__}.{type(self).__qualname__}"
-        return f"<{name} state={self._state} pool_size={self._processes}>"
 
     # --- single tasks ----------------------------------------------------------------------
 
@@ -905,19 +892,6 @@ class Pool:
         if self._state == RUN:
             raise ValueError("Pool is still running")
         self._cluster.drain()
-
-    def __enter__(self) -> Pool:
-        if self._state != RUN:
-            raise ValueError("Pool not running")
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.terminate()
 
 
 # --- ProcessPoolExecutor ---------------------------------------------------------------------
