@@ -1,11 +1,11 @@
-"""Chunked `map` machinery shared by `Pool` and `ProcessPoolExecutor` (and, for lazy maps, by
-`rpool.dask`).
+"""Chunked `map` machinery shared by `Pool` and `ProcessPoolExecutor` (and, for lazy maps and
+waiting on results, by `rpool.dask`).
 
-`MapResult` collects the chunks of an eager map. `LazyMapIterator` is a lazy map's consumer side:
-a feeder thread reads its input and hands chunks to a `ChunkSink`, with a bounded window of
-chunks in flight, and it yields results in order (or as they finish). `IMapIterator` is the
-local one, whose sink submits to the runtime; its chunk results arrive through the runtime's
-notifier thread.
+`MapResult` collects the chunks of an eager map; `EventResult` is its waiting side.
+`LazyMapIterator` is a lazy map's consumer side: a feeder thread reads its input and hands chunks
+to a `ChunkSink`, with a bounded window of chunks in flight, and it yields results in order (or
+as they finish). `IMapIterator` is the local one, whose sink submits to the runtime; its chunk
+results arrive through the runtime's notifier thread.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator
-from typing import Any, Self
+from multiprocessing import TimeoutError as MpTimeoutError
+from typing import Any, Generic, Self, TypeVar
 
 from rpool import _aio, _cloud, _rpool
 from rpool._progress import Progress
@@ -27,6 +28,8 @@ from rpool._runtime import Runtime
 # to keep every worker busy while results are being consumed, small enough that an endless input
 # is read only a little ahead.
 WINDOW_CHUNKS_PER_WORKER = 4
+
+T = TypeVar("T")
 
 
 def split_chunks(items: Iterable[Any], chunksize: int) -> Iterator[list[Any]]:
@@ -80,7 +83,41 @@ class _ChunkEntry:
         self.owner._chunk_done(self, ok, value)
 
 
-class MapResult:
+class EventResult(Generic[T]):
+    """The waiting side of a result that is settled once (``_success``, ``_value``) and then
+    signalled through ``_event``: `multiprocessing.pool.AsyncResult`'s methods. Local map results
+    and all of `rpool.dask`'s results use it."""
+
+    _event: threading.Event
+    _success: bool
+    _value: Any
+
+    def ready(self) -> bool:
+        """True once the result is in: it finished (for a map: all chunks did) or failed."""
+        return self._event.is_set()
+
+    def successful(self) -> bool:
+        """Whether it succeeded; `ValueError` if it is not ready yet."""
+        if not self.ready():
+            raise ValueError(f"{self!r} not ready")
+        return self._success
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Waits until it is ready or `timeout` seconds pass."""
+        self._event.wait(timeout)
+
+    def get(self, timeout: float | None = None) -> T:
+        """Returns the result (for a map: the list of results) or raises the failure;
+        `multiprocessing.TimeoutError` if it is not ready within `timeout` seconds."""
+        if not self._event.wait(timeout):
+            raise MpTimeoutError
+        if self._success:
+            value: T = self._value
+            return value
+        raise self._value
+
+
+class MapResult(EventResult[list[Any]]):
     """Result of `map_async`/`starmap_async`: same methods as `AsyncResult`."""
 
     # ``progress=`` of the map (rpool extension), advanced per finished chunk.
@@ -165,31 +202,6 @@ class MapResult:
         from rpool._aio import wrap_async
 
         return wrap_async(self).__await__()
-
-    def ready(self) -> bool:
-        """True once all chunks finished (or one failed)."""
-        return self._event.is_set()
-
-    def successful(self) -> bool:
-        """Whether the map succeeded; `ValueError` if it is not ready yet."""
-        if not self.ready():
-            raise ValueError(f"{self!r} not ready")
-        return self._success
-
-    def wait(self, timeout: float | None = None) -> None:
-        """Waits until the map is ready or `timeout` seconds pass."""
-        self._event.wait(timeout)
-
-    def get(self, timeout: float | None = None) -> list[Any]:
-        """Returns the list of results, or raises the first failure."""
-        from multiprocessing import TimeoutError
-
-        if not self._event.wait(timeout):
-            raise TimeoutError
-        if self._success:
-            value: list[Any] = self._value
-            return value
-        raise self._value
 
 
 class _LazyMapState:

@@ -72,6 +72,7 @@ from rpool._fronts import (
 from rpool._insights import PoolStats, WorkerStats
 from rpool._mapping import (
     ChunkSink,
+    EventResult,
     LazyMapIterator,
     _LazyMapState,
     check_chunksize,
@@ -508,7 +509,7 @@ def _task_label(func: object, kind: str) -> str:
 # --- result objects --------------------------------------------------------------------------
 
 
-class AsyncResult:
+class AsyncResult(EventResult[Any]):
     """Result of `Pool.apply_async`: ``get(timeout)``, ``wait(timeout)``, ``ready()``,
     ``successful()``, as `multiprocessing.pool.AsyncResult`."""
 
@@ -541,29 +542,6 @@ class AsyncResult:
                 self._error_callback(value)
         finally:
             self._event.set()
-
-    def ready(self) -> bool:
-        """True once the task finished (successfully or not)."""
-        return self._event.is_set()
-
-    def successful(self) -> bool:
-        """Whether the task succeeded; `ValueError` if it is not ready yet."""
-        if not self.ready():
-            raise ValueError(f"{self!r} not ready")
-        return self._success
-
-    def wait(self, timeout: float | None = None) -> None:
-        """Waits until the result is ready or `timeout` seconds pass."""
-        self._event.wait(timeout)
-
-    def get(self, timeout: float | None = None) -> Any:
-        """Returns the result or raises the task's exception; `multiprocessing.TimeoutError` if
-        it is not ready within `timeout` seconds."""
-        if not self._event.wait(timeout):
-            raise MpTimeoutError
-        if self._success:
-            return self._value
-        raise self._value
 
 
 class MapResult(AsyncResult):
