@@ -78,6 +78,7 @@ from rpool._mapping import (
     check_chunksize,
     default_window,
     lazy_chunksize,
+    split_chunks,
 )
 from rpool._remote import (
     FRONT_EXECUTOR,
@@ -729,8 +730,7 @@ class Pool(PoolFront):
         if chunksize is None:
             chunksize = _rpool.default_chunksize(length, self._processes)
         result = MapResult(callback, error_callback)
-        iterator = iter(items)
-        chunks = [list(itertools.islice(iterator, chunksize)) for _ in range(0, length, chunksize)]
+        chunks = list(split_chunks(items, chunksize))
         result._start(len(chunks))
         label = _task_label(func, "starmap" if star else "map")
         for index, chunk in enumerate(chunks):
