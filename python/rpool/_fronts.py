@@ -1,20 +1,23 @@
 """What the local fronts (`rpool.pool`, `rpool.executor`) and `rpool.dask`'s have in common,
 whatever runs their tasks: the constructors' argument checks, `Pool`'s states and the methods
 that only look at them, and `Executor.map`'s option checks, input sizing and the bookkeeping of
-its feeder threads that `shutdown` waits for.
+its feeder threads that `shutdown` waits for. Also the local `apply_async`/`submit` pickling.
 """
 
 from __future__ import annotations
 
+import pickle
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Self
 
-from rpool import _rpool
+from rpool import _cloud, _rpool
 from rpool._mapping import LazyMapIterator, check_chunksize
+from rpool._remote import PROTOCOL
+from rpool._runtime import Runtime
 
 # `Pool._state`: accepting tasks, closed (queued tasks still run), terminated.
 RUN = "RUN"
@@ -35,6 +38,52 @@ def check_pool_options(
             raise ValueError("maxtasksperchild must be a positive int or None")
     if initializer is not None and not callable(initializer):
         raise TypeError("initializer must be a callable")
+
+
+def describe_unpicklable(args: tuple[Any, ...], kwds: Mapping[str, Any]) -> str:
+    """Names the arguments that cannot be pickled (only called after pickling failed)."""
+    bad = []
+    for position, value in enumerate(args):
+        try:
+            pickle.dumps(value, PROTOCOL)
+        except Exception:
+            bad.append(f"argument {position} ({type(value).__module__}.{type(value).__qualname__})")
+    for name, value in kwds.items():
+        try:
+            pickle.dumps(value, PROTOCOL)
+        except Exception:
+            bad.append(f"keyword {name!r} ({type(value).__module__}.{type(value).__qualname__})")
+    if not bad:
+        return "rpool: the task's function or arguments could not be pickled"
+    return "rpool: could not pickle the task's " + ", ".join(bad)
+
+
+def pickle_call(
+    runtime: Runtime,
+    func: Callable[..., Any],
+    func_id: int,
+    args: tuple[Any, ...],
+    kwds: Mapping[str, Any] | None,
+) -> bytes | BaseException:
+    """The payload of one local call ``func(*args, **kwds)`` (`func_id` from the runtime's
+    cache, 0: inline); or, if it cannot be pickled, the error to fail the call with (noted
+    with the arguments pickle refused when that error is pickle's own)."""
+    try:
+        if func_id:
+            return pickle.dumps((args, kwds or None), PROTOCOL)
+        if runtime.cloudpickle:
+            return _cloud.dumps_inline((func, args, kwds or None), func)
+        return pickle.dumps((func, args, kwds or None), PROTOCOL)
+    except Exception as exc:
+        try:
+            if not runtime.cloudpickle:
+                raise
+            return _cloud.call_payload(func, func_id, args, kwds)
+        except Exception as error:
+            error = _cloud.prefer_object_error(exc, error)
+            if error is exc:
+                error.add_note(describe_unpicklable(args, kwds or {}))
+            return error
 
 
 def check_executor_options(

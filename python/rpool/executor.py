@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import pickle
 import signal
 import threading
 import time
@@ -22,12 +21,12 @@ from rpool._fronts import (
     check_executor_options,
     map_deadline,
     map_sizing,
+    pickle_call,
 )
 from rpool._mapping import IMapIterator
 from rpool._progress import ProgressArg, make_progress
-from rpool._remote import FRONT_EXECUTOR, PROTOCOL
+from rpool._remote import FRONT_EXECUTOR
 from rpool._runtime import KIND_CALL, KIND_STARMAP, Runtime
-from rpool.pool import describe_unpicklable
 
 # Guards the lazy creation of Future conditions (see RpoolFuture).
 _CONDITION_LOCK = threading.Lock()
@@ -262,24 +261,10 @@ class ProcessPoolExecutor(ExecutorFront, futures.Executor):
             runtime = self._live_runtime()  # starts the workers, or raises the right error
         future = RpoolFuture()
         func_id = runtime.func_id(fn)
-        try:
-            if func_id:
-                payload = pickle.dumps((args, kwargs or None), PROTOCOL)
-            elif runtime.cloudpickle:
-                payload = _cloud.dumps_inline((fn, args, kwargs or None), fn)
-            else:
-                payload = pickle.dumps((fn, args, kwargs or None), PROTOCOL)
-        except Exception as exc:
-            try:
-                if not runtime.cloudpickle:
-                    raise
-                payload = _cloud.call_payload(fn, func_id, args, kwargs)
-            except Exception as error:
-                error = _cloud.prefer_object_error(exc, error)
-                if error is exc:
-                    error.add_note(describe_unpicklable(args, kwargs))
-                future.set_exception(error)
-                return future
+        payload = pickle_call(runtime, fn, func_id, args, kwargs)
+        if isinstance(payload, BaseException):
+            future.set_exception(payload)
+            return future
         try:
             handle = runtime.core.submit(KIND_CALL, func_id, payload, True, FRONT_EXECUTOR, timeout)
         except ValueError:  # closed concurrently by shutdown()

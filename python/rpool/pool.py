@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import pickle
 import threading
 import time
 import warnings
@@ -14,31 +13,20 @@ from multiprocessing.context import BaseContext
 from typing import Any
 
 from rpool import _cloud, _insights, _rpool
-from rpool._fronts import CLOSE, RUN, TERMINATE, PoolFront, check_pool_options
+from rpool._fronts import (
+    CLOSE,
+    RUN,
+    TERMINATE,
+    PoolFront,
+    check_pool_options,
+    pickle_call,
+)
 from rpool._mapping import IMapIterator, MapResult, check_chunksize, pickle_chunk, split_chunks
 from rpool._progress import ProgressArg, make_progress
-from rpool._remote import FRONT_POOL, PROTOCOL, InitializerError
+from rpool._remote import FRONT_POOL, InitializerError
 from rpool._runtime import KIND_CALL, KIND_MAP, KIND_STARMAP, CallbackEntry, Runtime
 
 AsyncResult = _rpool.AsyncResult
-
-
-def describe_unpicklable(args: tuple[Any, ...], kwds: Mapping[str, Any]) -> str:
-    """Names the arguments that cannot be pickled (only called after pickling failed)."""
-    bad = []
-    for position, value in enumerate(args):
-        try:
-            pickle.dumps(value, PROTOCOL)
-        except Exception:
-            bad.append(f"argument {position} ({type(value).__module__}.{type(value).__qualname__})")
-    for name, value in kwds.items():
-        try:
-            pickle.dumps(value, PROTOCOL)
-        except Exception:
-            bad.append(f"keyword {name!r} ({type(value).__module__}.{type(value).__qualname__})")
-    if not bad:
-        return "rpool: the task's function or arguments could not be pickled"
-    return "rpool: could not pickle the task's " + ", ".join(bad)
 
 
 class _FailedResult:
@@ -159,25 +147,11 @@ class Pool(PoolFront):
         if kwds is not None and type(kwds) is not dict:
             kwds = dict(kwds)
         func_id = runtime.func_id(func)
-        try:
-            if func_id:
-                payload = pickle.dumps((args, kwds or None), PROTOCOL)
-            elif runtime.cloudpickle:
-                payload = _cloud.dumps_inline((func, args, kwds or None), func)
-            else:
-                payload = pickle.dumps((func, args, kwds or None), PROTOCOL)
-        except Exception as exc:
-            try:
-                if not runtime.cloudpickle:
-                    raise
-                payload = _cloud.call_payload(func, func_id, args, kwds)
-            except Exception as error:
-                error = _cloud.prefer_object_error(exc, error)
-                if error is exc:
-                    error.add_note(describe_unpicklable(args, kwds or {}))
-                if error_callback is not None:
-                    error_callback(error)
-                return _FailedResult(error)
+        payload = pickle_call(runtime, func, func_id, args, kwds)
+        if isinstance(payload, BaseException):
+            if error_callback is not None:
+                error_callback(payload)
+            return _FailedResult(payload)
         notify = callback is not None or error_callback is not None
         handle = runtime.core.submit(KIND_CALL, func_id, payload, notify, FRONT_POOL, timeout)
         if notify:
