@@ -1,8 +1,11 @@
-"""Chunked `map` machinery shared by `Pool` and `ProcessPoolExecutor`.
+"""Chunked `map` machinery shared by `Pool` and `ProcessPoolExecutor` (and, for lazy maps and
+waiting on results, by `rpool.dask`).
 
-`MapResult` collects the chunks of an eager map; `IMapIterator` feeds chunks lazily from its
-input in a feeder thread, with a bounded window of chunks in flight, and yields results in order
-(or as they finish). Chunk results arrive through the runtime's notifier thread.
+`MapResult` collects the chunks of an eager map; `EventResult` is its waiting side.
+`LazyMapIterator` is a lazy map's consumer side: a feeder thread reads its input and hands chunks
+to a `ChunkSink`, with a bounded window of chunks in flight, and it yields results in order (or
+as they finish). `IMapIterator` is the local one, whose sink submits to the runtime; its chunk
+results arrive through the runtime's notifier thread.
 """
 
 from __future__ import annotations
@@ -13,16 +16,20 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator
-from typing import Any
+from multiprocessing import TimeoutError as MpTimeoutError
+from typing import Any, Generic, Self, TypeVar
 
 from rpool import _aio, _cloud, _rpool
 from rpool._progress import Progress
 from rpool._remote import PROTOCOL
 from rpool._runtime import Runtime
 
-# Chunks in flight per worker for lazy maps: enough to keep every worker busy while results are
-# being consumed, small enough that an endless input is read only a little ahead.
+# Chunks in flight per worker for lazy maps (rpool.dask counts cluster threads as workers): enough
+# to keep every worker busy while results are being consumed, small enough that an endless input
+# is read only a little ahead.
 WINDOW_CHUNKS_PER_WORKER = 4
+
+T = TypeVar("T")
 
 
 def split_chunks(items: Iterable[Any], chunksize: int) -> Iterator[list[Any]]:
@@ -76,7 +83,41 @@ class _ChunkEntry:
         self.owner._chunk_done(self, ok, value)
 
 
-class MapResult:
+class EventResult(Generic[T]):
+    """The waiting side of a result that is settled once (``_success``, ``_value``) and then
+    signalled through ``_event``: `multiprocessing.pool.AsyncResult`'s methods. Local map results
+    and all of `rpool.dask`'s results use it."""
+
+    _event: threading.Event
+    _success: bool
+    _value: Any
+
+    def ready(self) -> bool:
+        """True once the result is in: it finished (for a map: all chunks did) or failed."""
+        return self._event.is_set()
+
+    def successful(self) -> bool:
+        """Whether it succeeded; `ValueError` if it is not ready yet."""
+        if not self.ready():
+            raise ValueError(f"{self!r} not ready")
+        return self._success
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Waits until it is ready or `timeout` seconds pass."""
+        self._event.wait(timeout)
+
+    def get(self, timeout: float | None = None) -> T:
+        """Returns the result (for a map: the list of results) or raises the failure;
+        `multiprocessing.TimeoutError` if it is not ready within `timeout` seconds."""
+        if not self._event.wait(timeout):
+            raise MpTimeoutError
+        if self._success:
+            value: T = self._value
+            return value
+        raise self._value
+
+
+class MapResult(EventResult[list[Any]]):
     """Result of `map_async`/`starmap_async`: same methods as `AsyncResult`."""
 
     # ``progress=`` of the map (rpool extension), advanced per finished chunk.
@@ -162,34 +203,10 @@ class MapResult:
 
         return wrap_async(self).__await__()
 
-    def ready(self) -> bool:
-        """True once all chunks finished (or one failed)."""
-        return self._event.is_set()
-
-    def successful(self) -> bool:
-        """Whether the map succeeded; `ValueError` if it is not ready yet."""
-        if not self.ready():
-            raise ValueError(f"{self!r} not ready")
-        return self._success
-
-    def wait(self, timeout: float | None = None) -> None:
-        """Waits until the map is ready or `timeout` seconds pass."""
-        self._event.wait(timeout)
-
-    def get(self, timeout: float | None = None) -> list[Any]:
-        """Returns the list of results, or raises the first failure."""
-        from multiprocessing import TimeoutError
-
-        if not self._event.wait(timeout):
-            raise TimeoutError
-        if self._success:
-            value: list[Any] = self._value
-            return value
-        raise self._value
-
 
 class _LazyMapState:
-    """State shared by an `IMapIterator`, its feeder thread and the notifier thread."""
+    """State shared by a lazy map's iterator, its feeder thread and the thread that completes its
+    chunks (the runtime's notifier, or Dask's callback thread)."""
 
     def __init__(self, ordered: bool, window: int) -> None:
         self.cond = threading.Condition()
@@ -205,13 +222,18 @@ class _LazyMapState:
         self.async_wakers: list[Any] = []
 
     def _chunk_done(self, entry: _ChunkEntry, ok: bool, value: Any) -> None:
+        """The runtime's completion hook (this state owns the chunk's `_ChunkEntry`)."""
+        self.chunk_done(entry.index, entry.size, ok, value, entry.handle.compute_seconds)
+
+    def chunk_done(self, index: int, size: int, ok: bool, value: Any, seconds: float) -> None:
+        """Records chunk `index` (`size` items, `seconds` of compute) and wakes the consumer."""
         if ok and self.sizer is not None:
-            self.sizer.observe(entry.size, entry.handle.compute_seconds)
+            self.sizer.observe(size, seconds)
         if self.progress is not None:
-            self.progress.advance(entry.size)
+            self.progress.advance(size)
         with self.cond:
             if self.ordered:
-                self.done_chunks[entry.index] = (ok, value)
+                self.done_chunks[index] = (ok, value)
             else:
                 self.arrival.append((ok, value))
             self.cond.notify_all()
@@ -239,21 +261,66 @@ class _LazyMapState:
                 _aio.wake_loops(self.async_wakers)
 
 
+class ChunkSink:
+    """Where a lazy map's feeder thread sends its chunks: the local runtime (`_RuntimeSink`) or a
+    Dask cluster (`rpool.dask`). A sink must not refer to the iterator, only to its state, so
+    that an iterator the caller drops is collected and its feeder stops."""
+
+    def open(self) -> None:
+        """Runs on the feeder thread once the input is open, before the first chunk; what it
+        raises reaches the consumer as the map's error."""
+
+    def send(self, state: _LazyMapState, index: int, chunk: list[Any]) -> None:
+        """Sends chunk `index`; its outcome must reach `state` (`chunk_done`)."""
+        raise NotImplementedError
+
+    def halted(self) -> bool:
+        """True once sent chunks can no longer finish (the feeder then stops waiting)."""
+        return False
+
+
+class _RuntimeSink(ChunkSink):
+    """Sends chunks to the local workers; the runtime's notifier thread completes them."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        func: Callable[..., Any],
+        kind: int,
+        front: int,
+        task_timeout: float | None,
+    ) -> None:
+        self.runtime = runtime
+        self.func = func
+        self.kind = kind
+        self.front = front
+        self.task_timeout = task_timeout
+        self.func_id = 0
+
+    def open(self) -> None:
+        self.func_id = self.runtime.func_id(self.func)
+
+    def send(self, state: _LazyMapState, index: int, chunk: list[Any]) -> None:
+        runtime = self.runtime
+        payload = pickle_chunk(self.func, self.func_id, chunk, runtime.cloudpickle)
+        runtime.check_usable()
+        handle = runtime.core.submit(
+            self.kind, self.func_id, payload, True, self.front, self.task_timeout
+        )
+        runtime.pending[handle.task_id] = _ChunkEntry(state, index, handle, len(chunk))
+
+    def halted(self) -> bool:
+        return self.runtime.finished
+
+
 def _feed(
-    runtime: Runtime,
-    state: _LazyMapState,
-    func: Callable[..., Any],
-    iterable: Iterable[Any],
-    kind: int,
-    chunksize: int | None,
-    front: int,
-    task_timeout: float | None,
+    state: _LazyMapState, iterable: Iterable[Any], chunksize: int | None, sink: ChunkSink
 ) -> None:
     index = 0
     items = 0
     try:
         iterator = iter(iterable)
-        func_id = runtime.func_id(func)
+        sink.open()
         while not state.abandoned:
             size = chunksize if chunksize is not None else state.sizer.next_size()
             try:
@@ -264,12 +331,9 @@ def _feed(
             if not chunk:
                 break
             while not state.window.acquire(timeout=0.1):
-                if state.abandoned or runtime.finished:
+                if state.abandoned or sink.halted():
                     return
-            payload = pickle_chunk(func, func_id, chunk, runtime.cloudpickle)
-            runtime.check_usable()
-            handle = runtime.core.submit(kind, func_id, payload, True, front, task_timeout)
-            runtime.pending[handle.task_id] = _ChunkEntry(state, index, handle, len(chunk))
+            sink.send(state, index, chunk)
             index += 1
             items += len(chunk)
         if state.progress is not None and not state.abandoned:
@@ -279,32 +343,44 @@ def _feed(
         state.deliver_error(index, exc)
 
 
-class IMapIterator(Iterator[Any]):
-    """Iterator returned by `imap`/`imap_unordered` (and used by `Executor.map`).
+def lazy_chunksize(iterable: Iterable[Any], chunksize: int | None, processes: int) -> int | None:
+    """A lazy map's chunk size: as given, else the automatic one for an input of known length,
+    else None (the feeder then sizes chunks from the compute times of finished ones)."""
+    if chunksize is None and hasattr(iterable, "__len__"):
+        return _rpool.default_chunksize(len(iterable), processes)  # type: ignore[arg-type]
+    return chunksize
+
+
+def default_window(processes: int) -> int:
+    """Chunks a lazy map keeps in flight unless told otherwise."""
+    return max(2, WINDOW_CHUNKS_PER_WORKER * processes)
+
+
+class LazyMapIterator(Iterator[Any]):
+    """The consumer side of a lazy map, whichever sink runs its chunks: a feeder thread reads
+    the input and sends chunks at most ``window`` ahead of the consumer; results come out in
+    input order, or as chunks finish.
 
     ``next(timeout)`` raises the pool's timeout error if no result arrives in time.
     """
 
-    def __init__(
+    _state: _LazyMapState
+    _feeder: threading.Thread
+
+    def _start(
         self,
-        runtime: Runtime,
-        func: Callable[..., Any],
+        sink: ChunkSink,
         iterable: Iterable[Any],
         *,
-        kind: int,
         chunksize: int | None,
         ordered: bool,
-        front: int,
-        task_timeout: float | None,
-        window: int | None,
+        window: int,
         timeout_error: type[BaseException],
-        deadline: float | None = None,
-        progress: Progress | None = None,
+        deadline: float | None,
+        progress: Progress | None,
+        thread_name: str,
     ) -> None:
-        if chunksize is None and hasattr(iterable, "__len__"):
-            chunksize = _rpool.default_chunksize(len(iterable), runtime.processes)  # type: ignore[arg-type]
-        if window is None:
-            window = max(2, WINDOW_CHUNKS_PER_WORKER * runtime.processes)
+        """Starts the feeder; `chunksize` None sizes chunks as results come back."""
         self._state = _LazyMapState(ordered, window)
         if chunksize is None:
             self._state.sizer = _rpool.ChunkSizer()
@@ -315,13 +391,13 @@ class IMapIterator(Iterator[Any]):
         self._next_index = 0
         self._feeder = threading.Thread(
             target=_feed,
-            args=(runtime, self._state, func, iterable, kind, chunksize, front, task_timeout),
-            name="rpool-feeder",
+            args=(self._state, iterable, chunksize, sink),
+            name=thread_name,
             daemon=True,
         )
         self._feeder.start()
 
-    def __iter__(self) -> IMapIterator:
+    def __iter__(self) -> Self:
         return self
 
     def next(self, timeout: float | None = None) -> Any:
@@ -358,13 +434,6 @@ class IMapIterator(Iterator[Any]):
 
     __next__ = next
 
-    def __aiter__(self) -> IMapIterator:
-        """``async for x in pool.imap(...)``: results are awaited without blocking the loop."""
-        return self
-
-    def __anext__(self) -> Awaitable[Any]:
-        return _aio.imap_anext(self)
-
     def _take_chunk_locked(self) -> tuple[bool, Any] | None:
         state = self._state
         if state.ordered:
@@ -385,3 +454,45 @@ class IMapIterator(Iterator[Any]):
         self._state.abandoned = True
         if self._state.progress is not None:
             self._state.progress.close()
+
+
+class IMapIterator(LazyMapIterator):
+    """Iterator returned by `imap`/`imap_unordered` (and used by `Executor.map`).
+
+    ``next(timeout)`` raises the pool's timeout error if no result arrives in time.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        func: Callable[..., Any],
+        iterable: Iterable[Any],
+        *,
+        kind: int,
+        chunksize: int | None,
+        ordered: bool,
+        front: int,
+        task_timeout: float | None,
+        window: int | None,
+        timeout_error: type[BaseException],
+        deadline: float | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self._start(
+            _RuntimeSink(runtime, func, kind, front, task_timeout),
+            iterable,
+            chunksize=lazy_chunksize(iterable, chunksize, runtime.processes),
+            ordered=ordered,
+            window=default_window(runtime.processes) if window is None else window,
+            timeout_error=timeout_error,
+            deadline=deadline,
+            progress=progress,
+            thread_name="rpool-feeder",
+        )
+
+    def __aiter__(self) -> IMapIterator:
+        """``async for x in pool.imap(...)``: results are awaited without blocking the loop."""
+        return self
+
+    def __anext__(self) -> Awaitable[Any]:
+        return _aio.imap_anext(self)

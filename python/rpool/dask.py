@@ -37,18 +37,15 @@ import heapq
 import itertools
 import os
 import pickle
-import sys
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent import futures
 from concurrent.futures import CancelledError, _base
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import TimeoutError as MpTimeoutError
 from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
-from types import TracebackType
 from typing import Any, NamedTuple
 
 try:
@@ -60,7 +57,29 @@ except ImportError as _missing:  # pragma: no cover - exercised only without the
     ) from _missing
 
 from rpool import _rpool
+from rpool._fronts import (
+    CLOSE,
+    RUN,
+    TERMINATE,
+    ExecutorFront,
+    PoolFront,
+    after_feeders,
+    check_executor_options,
+    check_pool_options,
+    map_deadline,
+    map_sizing,
+)
 from rpool._insights import PoolStats, WorkerStats
+from rpool._mapping import (
+    ChunkSink,
+    EventResult,
+    LazyMapIterator,
+    _LazyMapState,
+    check_chunksize,
+    default_window,
+    lazy_chunksize,
+    split_chunks,
+)
 from rpool._remote import (
     FRONT_EXECUTOR,
     FRONT_POOL,
@@ -74,11 +93,6 @@ from rpool._remote import (
 )
 
 __all__ = ["AsyncResult", "IMapIterator", "MapResult", "Pool", "ProcessPoolExecutor"]
-
-# Chunks in flight per cluster thread for `imap`/`imap_unordered`: enough that every thread has
-# the next chunk queued while results are consumed, few enough that an endless input is read only
-# a little ahead (same trade-off as the local pools' window).
-WINDOW_CHUNKS_PER_WORKER = 4
 
 # Seconds `terminate`/`shutdown` wait for Dask to report cancelled tasks before failing their
 # results directly: long enough for a scheduler round trip, short enough not to hang on a dead
@@ -427,6 +441,11 @@ class _Cluster:
         with self.lock:
             return self.drained.wait_for(lambda: not self.live, timeout)
 
+    def drain(self) -> None:
+        """Waits for every outstanding task, then releases the client."""
+        self.wait_drained()
+        self.release()
+
     def cancel_all(self) -> None:
         """Cancels every outstanding task on the cluster; their results fail. Tasks Dask does
         not report in time are failed here (their results are lost with the futures)."""
@@ -483,15 +502,6 @@ def _worker_lost(exc: BaseException) -> WorkerLostError:
     return error
 
 
-def _check_chunksize(chunksize: int | None) -> None:
-    if chunksize is None:
-        return
-    if not isinstance(chunksize, int) or isinstance(chunksize, bool):
-        raise TypeError(f"chunksize must be an int or None, not {type(chunksize).__name__}")
-    if chunksize < 1:
-        raise ValueError(f"Chunksize must be 1+, not {chunksize}")
-
-
 def _task_label(func: object, kind: str) -> str:
     name = getattr(func, "__name__", type(func).__name__)
     return f"{kind}-{name}"
@@ -500,7 +510,7 @@ def _task_label(func: object, kind: str) -> str:
 # --- result objects --------------------------------------------------------------------------
 
 
-class AsyncResult:
+class AsyncResult(EventResult[Any]):
     """Result of `Pool.apply_async`: ``get(timeout)``, ``wait(timeout)``, ``ready()``,
     ``successful()``, as `multiprocessing.pool.AsyncResult`."""
 
@@ -533,29 +543,6 @@ class AsyncResult:
                 self._error_callback(value)
         finally:
             self._event.set()
-
-    def ready(self) -> bool:
-        """True once the task finished (successfully or not)."""
-        return self._event.is_set()
-
-    def successful(self) -> bool:
-        """Whether the task succeeded; `ValueError` if it is not ready yet."""
-        if not self.ready():
-            raise ValueError(f"{self!r} not ready")
-        return self._success
-
-    def wait(self, timeout: float | None = None) -> None:
-        """Waits until the result is ready or `timeout` seconds pass."""
-        self._event.wait(timeout)
-
-    def get(self, timeout: float | None = None) -> Any:
-        """Returns the result or raises the task's exception; `multiprocessing.TimeoutError` if
-        it is not ready within `timeout` seconds."""
-        if not self._event.wait(timeout):
-            raise MpTimeoutError
-        if self._success:
-            return self._value
-        raise self._value
 
 
 class MapResult(AsyncResult):
@@ -593,7 +580,26 @@ class MapResult(AsyncResult):
         self._complete(True, values)
 
 
-class IMapIterator(Iterator[Any]):
+class _ClusterSink(ChunkSink):
+    """Sends a lazy map's chunks to the cluster, one Dask task each; Dask's callback thread
+    completes them."""
+
+    def __init__(
+        self, cluster: _Cluster, func: Callable[..., Any], star: bool, task_timeout: float | None
+    ) -> None:
+        self.cluster = cluster
+        self.func = func
+        self.star = star
+        self.task_timeout = task_timeout
+        self.label = _task_label(func, "starmap" if star else "map")
+
+    def send(self, state: _LazyMapState, index: int, chunk: list[Any]) -> None:
+        payload = _dumps((self.func, self.star, chunk))
+        on_done = functools.partial(state.chunk_done, index, len(chunk))
+        self.cluster.submit(_run_chunk, payload, self.label, on_done, timeout=self.task_timeout)
+
+
+class IMapIterator(LazyMapIterator):
     """Iterator of `imap`/`imap_unordered`/`Executor.map`: a feeder thread reads the input
     lazily, sending at most ``window`` chunks ahead of the consumer.
 
@@ -614,131 +620,23 @@ class IMapIterator(Iterator[Any]):
         deadline: float | None = None,
         task_timeout: float | None = None,
     ) -> None:
-        self._cluster = cluster
-        self._task_timeout = task_timeout
-        self._func = func
-        self._star = star
-        self._ordered = ordered
-        self._timeout_error = timeout_error
-        self._deadline = deadline
-        self._cond = threading.Condition()
-        self._done: dict[int, tuple[bool, Any]] = {}  # ordered: chunk index -> outcome
-        self._arrived: deque[tuple[bool, Any]] = deque()  # unordered: outcomes as they come
-        self._total: int | None = None  # chunks sent, once the input is exhausted
-        self._window = threading.Semaphore(window)
-        self._abandoned = False
-        self._buffer: deque[Any] = deque()
-        self._next_index = 0
-        self._sizer = _rpool.ChunkSizer() if chunksize is None else None
-        self._feeder = threading.Thread(
-            target=self._feed,
-            args=(iterable, chunksize),
-            name="rpool-dask-feeder",
-            daemon=True,
+        self._start(
+            _ClusterSink(cluster, func, star, task_timeout),
+            iterable,
+            chunksize=chunksize,
+            ordered=ordered,
+            window=window,
+            timeout_error=timeout_error,
+            deadline=deadline,
+            progress=None,
+            thread_name="rpool-dask-feeder",
         )
-        self._feeder.start()
-
-    def _feed(self, iterable: Iterable[Any], chunksize: int | None) -> None:
-        index = 0
-        label = _task_label(self._func, "starmap" if self._star else "map")
-        try:
-            iterator = iter(iterable)
-            while not self._abandoned:
-                size = chunksize if self._sizer is None else self._sizer.next_size()
-                chunk = list(itertools.islice(iterator, size))
-                if not chunk:
-                    break
-                while not self._window.acquire(timeout=0.1):
-                    if self._abandoned:
-                        return
-                payload = _dumps((self._func, self._star, chunk))
-                on_done = functools.partial(self._chunk_done, index, len(chunk))
-                self._cluster.submit(
-                    _run_chunk, payload, label, on_done, timeout=self._task_timeout
-                )
-                index += 1
-        except BaseException as exc:  # noqa: BLE001 - raised to the consumer, in order
-            self._deliver(index, False, exc)
-            self._finish(index + 1)
-            return
-        self._finish(index)
-
-    def _chunk_done(self, index: int, size: int, ok: bool, value: Any, seconds: float) -> None:
-        if ok and self._sizer is not None:
-            self._sizer.observe(size, seconds)
-        self._deliver(index, ok, value)
-
-    def _deliver(self, index: int, ok: bool, value: Any) -> None:
-        with self._cond:
-            if self._ordered:
-                self._done[index] = (ok, value)
-            else:
-                self._arrived.append((ok, value))
-            self._cond.notify_all()
-
-    def _finish(self, total: int) -> None:
-        with self._cond:
-            self._total = total
-            self._cond.notify_all()
-
-    def __iter__(self) -> IMapIterator:
-        return self
-
-    def next(self, timeout: float | None = None) -> Any:
-        """Returns the next result, waiting at most `timeout` seconds."""
-        while not self._buffer:
-            if self._deadline is not None:
-                left = self._deadline - time.monotonic()
-                timeout = left if timeout is None else min(timeout, left)
-            end = None if timeout is None else time.monotonic() + timeout
-            with self._cond:
-                while True:
-                    got = self._take_locked()
-                    if got is not None:
-                        break
-                    if self._total is not None and self._next_index >= self._total:
-                        raise StopIteration
-                    if end is None:
-                        self._cond.wait()
-                    else:
-                        left = end - time.monotonic()
-                        if left <= 0:
-                            raise self._timeout_error()
-                        self._cond.wait(left)
-            self._window.release()
-            ok, value = got
-            if not ok:
-                raise value
-            self._buffer.extend(value)
-        return self._buffer.popleft()
-
-    __next__ = next
-
-    def _take_locked(self) -> tuple[bool, Any] | None:
-        if self._ordered:
-            got = self._done.pop(self._next_index, None)
-        else:
-            got = self._arrived.popleft() if self._arrived else None
-        if got is not None:
-            self._next_index += 1
-        return got
-
-    def close(self) -> None:
-        """Stops reading the input; chunks already sent still run."""
-        self._abandoned = True
-
-    def __del__(self) -> None:
-        self._abandoned = True
 
 
 # --- Pool ------------------------------------------------------------------------------------
 
-RUN = "RUN"
-CLOSE = "CLOSE"
-TERMINATE = "TERMINATE"
 
-
-class Pool:
+class Pool(PoolFront):
     """The `multiprocessing.pool.Pool` API, running tasks on a Dask cluster.
 
     ``client`` (keyword-only): a `distributed.Client`, or a scheduler address (the pool then
@@ -760,13 +658,7 @@ class Pool:
         client: Any = None,
     ) -> None:
         self._state = RUN
-        if processes is not None and processes < 1:
-            raise ValueError("Number of processes must be at least 1")
-        if maxtasksperchild is not None:
-            if not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0:
-                raise ValueError("maxtasksperchild must be a positive int or None")
-        if initializer is not None and not callable(initializer):
-            raise TypeError("initializer must be a callable")
+        check_pool_options(processes, maxtasksperchild, initializer)
         self._cluster = _Cluster(client, FRONT_POOL, initializer, tuple(initargs))
         self._processes = processes if processes is not None else self._cluster.threads()
         self._lock = threading.Lock()
@@ -775,13 +667,6 @@ class Pool:
         if self._state != RUN:
             raise ValueError("Pool not running")
         return self._cluster
-
-    def __reduce__(self) -> Any:
-        raise NotImplementedError("pool objects cannot be passed between processes or pickled")
-
-    def __repr__(self) -> str:
-        name = f"{type(self).__module__}.{type(self).__qualname__}"
-        return f"<{name} state={self._state} pool_size={self._processes}>"
 
     # --- single tasks ----------------------------------------------------------------------
 
@@ -839,14 +724,13 @@ class Pool:
     ) -> MapResult:
         _check_limit(task_timeout, "task_timeout")
         cluster = self._live_cluster()
-        _check_chunksize(chunksize)
+        check_chunksize(chunksize)
         items = iterable if hasattr(iterable, "__len__") else list(iterable)
         length = len(items)  # type: ignore[arg-type]
         if chunksize is None:
             chunksize = _rpool.default_chunksize(length, self._processes)
         result = MapResult(callback, error_callback)
-        iterator = iter(items)
-        chunks = [list(itertools.islice(iterator, chunksize)) for _ in range(0, length, chunksize)]
+        chunks = list(split_chunks(items, chunksize))
         result._start(len(chunks))
         label = _task_label(func, "starmap" if star else "map")
         for index, chunk in enumerate(chunks):
@@ -924,17 +808,15 @@ class Pool:
     ) -> IMapIterator:
         _check_limit(task_timeout, "task_timeout")
         cluster = self._live_cluster()
-        _check_chunksize(chunksize)
-        if chunksize is None and hasattr(iterable, "__len__"):
-            chunksize = _rpool.default_chunksize(len(iterable), self._processes)  # type: ignore[arg-type]
+        check_chunksize(chunksize)
         return IMapIterator(
             cluster,
             func,
             iterable,
             star=False,
-            chunksize=chunksize,
+            chunksize=lazy_chunksize(iterable, chunksize, self._processes),
             ordered=ordered,
-            window=max(2, WINDOW_CHUNKS_PER_WORKER * self._processes),
+            window=default_window(self._processes),
             timeout_error=MpTimeoutError,
             task_timeout=task_timeout,
         )
@@ -987,21 +869,7 @@ class Pool:
         """Waits for outstanding tasks to finish; call `close` or `terminate` first."""
         if self._state == RUN:
             raise ValueError("Pool is still running")
-        self._cluster.wait_drained()
-        self._cluster.release()
-
-    def __enter__(self) -> Pool:
-        if self._state != RUN:
-            raise ValueError("Pool not running")
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.terminate()
+        self._cluster.drain()
 
 
 # --- ProcessPoolExecutor ---------------------------------------------------------------------
@@ -1042,14 +910,7 @@ class DaskFuture(futures.Future):  # type: ignore[type-arg]
             pass  # cancelled meanwhile
 
 
-def _result_iterator(results: IMapIterator) -> Iterator[Any]:
-    try:
-        yield from results
-    finally:
-        results.close()
-
-
-class ProcessPoolExecutor(futures.Executor):
+class ProcessPoolExecutor(ExecutorFront, futures.Executor):
     """The `concurrent.futures.ProcessPoolExecutor` API, running tasks on a Dask cluster.
 
     ``client`` (keyword-only): a `distributed.Client` or a scheduler address (the executor then
@@ -1069,20 +930,10 @@ class ProcessPoolExecutor(futures.Executor):
         max_tasks_per_child: int | None = None,
         client: Any = None,
     ) -> None:
-        if max_workers is not None and max_workers <= 0:
-            raise ValueError("max_workers must be greater than 0")
-        if initializer is not None and not callable(initializer):
-            raise TypeError("initializer must be a callable")
-        if max_tasks_per_child is not None:
-            if not isinstance(max_tasks_per_child, int):
-                raise TypeError("max_tasks_per_child must be an integer")
-            if max_tasks_per_child <= 0:
-                raise ValueError("max_tasks_per_child must be >= 1")
+        check_executor_options(max_workers, initializer, max_tasks_per_child)
         self._cluster = _Cluster(client, FRONT_EXECUTOR, initializer, tuple(initargs))
         self._max_workers = max_workers if max_workers is not None else self._cluster.threads()
-        self._shutdown_lock = threading.Lock()
-        self._shutdown_thread = False
-        self._feeders: list[threading.Thread] = []
+        self._init_shutdown()
 
     def _check_open(self) -> _Cluster:
         if self._shutdown_thread:
@@ -1147,18 +998,10 @@ class ProcessPoolExecutor(futures.Executor):
         ``chunksize=None`` picks a chunk size; ``buffersize`` bounds the chunks in flight;
         ``timeout`` counts from this call, past it iteration raises `TimeoutError`.
         """
-        if buffersize is not None:
-            if not isinstance(buffersize, int):
-                raise TypeError("buffersize must be an integer or None")
-            if buffersize < 1:
-                raise ValueError("buffersize must be None or > 0")
-        _check_chunksize(chunksize)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = map_deadline(timeout, chunksize, buffersize)
         with self._shutdown_lock:
             cluster = self._check_open()
-        if chunksize is None and iterables and all(hasattr(i, "__len__") for i in iterables):
-            length = min(len(i) for i in iterables)  # type: ignore[arg-type]
-            chunksize = _rpool.default_chunksize(length, self._max_workers)
+        _, chunksize, window = map_sizing(iterables, chunksize, buffersize, self._max_workers)
         results = IMapIterator(
             cluster,
             fn,
@@ -1166,14 +1009,11 @@ class ProcessPoolExecutor(futures.Executor):
             star=True,
             chunksize=chunksize,
             ordered=True,
-            window=buffersize if buffersize is not None else sys.maxsize,
+            window=window,
             timeout_error=futures.TimeoutError,
             deadline=deadline,
         )
-        with self._shutdown_lock:
-            self._feeders = [t for t in self._feeders if t.is_alive()]
-            self._feeders.append(results._feeder)
-        return _result_iterator(results)
+        return self._map_results(results)
 
     def stats(self) -> PoolStats:
         """A snapshot of this pool's work on the cluster: per Dask worker that ran its tasks,
@@ -1185,20 +1025,10 @@ class ProcessPoolExecutor(futures.Executor):
         """Accepts no more work; with ``wait``, waits for outstanding tasks. Then releases the
         executor's client. ``cancel_futures=True`` cancels tasks on the cluster first. The
         cluster keeps running."""
-        with self._shutdown_lock:
-            self._shutdown_thread = True
-            feeders = list(self._feeders)
+        feeders = self._stop_accepting()
         if cancel_futures:
             self._cluster.cancel_all()
-        if wait:
-            _drain(self._cluster, feeders)
-        else:
-            threading.Thread(
-                target=_drain,
-                args=(self._cluster, feeders),
-                name="rpool-dask-shutdown",
-                daemon=True,
-            ).start()
+        after_feeders(feeders, self._cluster.drain, wait, "rpool-dask-shutdown")
 
     def terminate_workers(self) -> None:
         """Stops this executor's work now: every task it has on the cluster is cancelled and
@@ -1209,10 +1039,3 @@ class ProcessPoolExecutor(futures.Executor):
     def kill_workers(self) -> None:
         """Same as `terminate_workers` on a Dask cluster (there is no local process to kill)."""
         self.terminate_workers()
-
-
-def _drain(cluster: _Cluster, feeders: list[threading.Thread]) -> None:
-    for feeder in feeders:
-        feeder.join()
-    cluster.wait_drained()
-    cluster.release()

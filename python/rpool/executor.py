@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import pickle
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -16,12 +14,19 @@ from concurrent.futures import _base
 from multiprocessing.context import BaseContext
 from typing import Any
 
-from rpool import _cloud, _insights, _rpool
-from rpool._mapping import IMapIterator, check_chunksize
+from rpool import _cloud, _insights
+from rpool._fronts import (
+    ExecutorFront,
+    after_feeders,
+    check_executor_options,
+    map_deadline,
+    map_sizing,
+    pickle_call,
+)
+from rpool._mapping import IMapIterator
 from rpool._progress import ProgressArg, make_progress
-from rpool._remote import FRONT_EXECUTOR, PROTOCOL
+from rpool._remote import FRONT_EXECUTOR
 from rpool._runtime import KIND_CALL, KIND_STARMAP, Runtime
-from rpool.pool import describe_unpicklable
 
 # Guards the lazy creation of Future conditions (see RpoolFuture).
 _CONDITION_LOCK = threading.Lock()
@@ -125,14 +130,7 @@ class RpoolFuture(futures.Future):  # type: ignore[type-arg]
             self.set_exception(value)
 
 
-def _result_iterator(results: IMapIterator) -> Iterator[Any]:
-    try:
-        yield from results
-    finally:
-        results.close()
-
-
-class ProcessPoolExecutor(futures.Executor):
+class ProcessPoolExecutor(ExecutorFront, futures.Executor):
     """A process pool with the `concurrent.futures.ProcessPoolExecutor` API.
 
     Differences (deliberate): a worker that dies fails only the future it was running (with
@@ -157,22 +155,15 @@ class ProcessPoolExecutor(futures.Executor):
     ) -> None:
         self._runtime: Runtime | None = None
         self._created = time.monotonic()
+        check_executor_options(max_workers, initializer, max_tasks_per_child)
         if max_workers is None:
             max_workers = os.cpu_count() or 1
-        elif max_workers <= 0:
-            raise ValueError("max_workers must be greater than 0")
         if mp_context is None:
             if max_tasks_per_child is not None:
                 mp_context = multiprocessing.get_context("spawn")
             else:
                 mp_context = multiprocessing.get_context()
-        if initializer is not None and not callable(initializer):
-            raise TypeError("initializer must be a callable")
         if max_tasks_per_child is not None:
-            if not isinstance(max_tasks_per_child, int):
-                raise TypeError("max_tasks_per_child must be an integer")
-            if max_tasks_per_child <= 0:
-                raise ValueError("max_tasks_per_child must be >= 1")
             if mp_context.get_start_method(allow_none=False) == "fork":
                 raise ValueError(
                     "max_tasks_per_child is incompatible with the 'fork' multiprocessing "
@@ -182,9 +173,7 @@ class ProcessPoolExecutor(futures.Executor):
             raise ValueError("retries must be a non-negative int")
         self._max_workers = max_workers
         self._mp_context = mp_context
-        self._shutdown_thread = False
-        self._shutdown_lock = threading.Lock()
-        self._feeders: list[threading.Thread] = []
+        self._init_shutdown()
         self._initializer = initializer
         self._initargs = tuple(initargs)
         self._cloudpickle = cloudpickle
@@ -272,24 +261,10 @@ class ProcessPoolExecutor(futures.Executor):
             runtime = self._live_runtime()  # starts the workers, or raises the right error
         future = RpoolFuture()
         func_id = runtime.func_id(fn)
-        try:
-            if func_id:
-                payload = pickle.dumps((args, kwargs or None), PROTOCOL)
-            elif runtime.cloudpickle:
-                payload = _cloud.dumps_inline((fn, args, kwargs or None), fn)
-            else:
-                payload = pickle.dumps((fn, args, kwargs or None), PROTOCOL)
-        except Exception as exc:
-            try:
-                if not runtime.cloudpickle:
-                    raise
-                payload = _cloud.call_payload(fn, func_id, args, kwargs)
-            except Exception as error:
-                error = _cloud.prefer_object_error(exc, error)
-                if error is exc:
-                    error.add_note(describe_unpicklable(args, kwargs))
-                future.set_exception(error)
-                return future
+        payload = pickle_call(runtime, fn, func_id, args, kwargs)
+        if isinstance(payload, BaseException):
+            future.set_exception(payload)
+            return future
         try:
             handle = runtime.core.submit(KIND_CALL, func_id, payload, True, FRONT_EXECUTOR, timeout)
         except ValueError:  # closed concurrently by shutdown()
@@ -316,19 +291,9 @@ class ProcessPoolExecutor(futures.Executor):
         ``progress`` (rpool extension): True for a tqdm bar, a tqdm-like object, or a callable
         ``f(done, total)``; advanced as chunks finish.
         """
-        if buffersize is not None:
-            if not isinstance(buffersize, int):
-                raise TypeError("buffersize must be an integer or None")
-            if buffersize < 1:
-                raise ValueError("buffersize must be None or > 0")
-        check_chunksize(chunksize)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = map_deadline(timeout, chunksize, buffersize)
         runtime = self._live_runtime()
-        total = None
-        if iterables and all(hasattr(i, "__len__") for i in iterables):
-            total = min(len(i) for i in iterables)  # type: ignore[arg-type]
-        if chunksize is None and total is not None:
-            chunksize = _rpool.default_chunksize(total, self._max_workers)
+        total, chunksize, window = map_sizing(iterables, chunksize, buffersize, self._max_workers)
         results = IMapIterator(
             runtime,
             fn,
@@ -338,15 +303,12 @@ class ProcessPoolExecutor(futures.Executor):
             ordered=True,
             front=FRONT_EXECUTOR,
             task_timeout=None,
-            window=buffersize if buffersize is not None else sys.maxsize,
+            window=window,
             timeout_error=futures.TimeoutError,
             deadline=deadline,
             progress=make_progress(progress, total),
         )
-        with self._shutdown_lock:
-            self._feeders = [t for t in self._feeders if t.is_alive()]
-            self._feeders.append(results._feeder)
-        return _result_iterator(results)
+        return self._map_results(results)
 
     def stats(self) -> _insights.PoolStats:
         """A snapshot of the executor (rpool extension): per-worker pid, tasks done, busy/idle
@@ -362,9 +324,7 @@ class ProcessPoolExecutor(futures.Executor):
         ``cancel_futures=True`` cancels futures that no worker has received yet.
         """
         runtime = self._runtime
-        with self._shutdown_lock:
-            self._shutdown_thread = True
-            feeders = list(self._feeders)
+        feeders = self._stop_accepting()
         if runtime is None or runtime.forked_away:
             return
         if cancel_futures:
@@ -379,16 +339,9 @@ class ProcessPoolExecutor(futures.Executor):
                     committed -= 1
                     continue
                 entry.cancel()
+        after_feeders(feeders, runtime.close, wait, "rpool-shutdown")
         if wait:
-            for feeder in feeders:
-                feeder.join()
-            runtime.close()
             runtime.join()
-        else:
-            closer = threading.Thread(
-                target=_close_after, args=(runtime, feeders), name="rpool-shutdown", daemon=True
-            )
-            closer.start()
 
     def terminate_workers(self) -> None:
         """Terminates every worker now (SIGTERM) and shuts the executor down; unfinished
@@ -402,8 +355,7 @@ class ProcessPoolExecutor(futures.Executor):
 
     def _stop_workers(self, signum: int) -> None:
         runtime = self._runtime
-        with self._shutdown_lock:
-            self._shutdown_thread = True
+        self._stop_accepting()
         if runtime is None or runtime.forked_away:
             return
         runtime.core.terminate()
@@ -415,9 +367,3 @@ class ProcessPoolExecutor(futures.Executor):
         runtime = getattr(self, "_runtime", None)
         if runtime is not None and not runtime.forked_away and not self._shutdown_thread:
             runtime.close()
-
-
-def _close_after(runtime: Runtime, feeders: list[threading.Thread]) -> None:
-    for feeder in feeders:
-        feeder.join()
-    runtime.close()

@@ -4,45 +4,29 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import pickle
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from multiprocessing import TimeoutError as MpTimeoutError
 from multiprocessing.context import BaseContext
-from types import TracebackType
 from typing import Any
 
 from rpool import _cloud, _insights, _rpool
+from rpool._fronts import (
+    CLOSE,
+    RUN,
+    TERMINATE,
+    PoolFront,
+    check_pool_options,
+    pickle_call,
+)
 from rpool._mapping import IMapIterator, MapResult, check_chunksize, pickle_chunk, split_chunks
 from rpool._progress import ProgressArg, make_progress
-from rpool._remote import FRONT_POOL, PROTOCOL, InitializerError
+from rpool._remote import FRONT_POOL, InitializerError
 from rpool._runtime import KIND_CALL, KIND_MAP, KIND_STARMAP, CallbackEntry, Runtime
 
-RUN = "RUN"
-CLOSE = "CLOSE"
-TERMINATE = "TERMINATE"
-
 AsyncResult = _rpool.AsyncResult
-
-
-def describe_unpicklable(args: tuple[Any, ...], kwds: Mapping[str, Any]) -> str:
-    """Names the arguments that cannot be pickled (only called after pickling failed)."""
-    bad = []
-    for position, value in enumerate(args):
-        try:
-            pickle.dumps(value, PROTOCOL)
-        except Exception:
-            bad.append(f"argument {position} ({type(value).__module__}.{type(value).__qualname__})")
-    for name, value in kwds.items():
-        try:
-            pickle.dumps(value, PROTOCOL)
-        except Exception:
-            bad.append(f"keyword {name!r} ({type(value).__module__}.{type(value).__qualname__})")
-    if not bad:
-        return "rpool: the task's function or arguments could not be pickled"
-    return "rpool: could not pickle the task's " + ", ".join(bad)
 
 
 class _FailedResult:
@@ -64,7 +48,7 @@ class _FailedResult:
         raise self._exc
 
 
-class Pool:
+class Pool(PoolFront):
     """A process pool with the `multiprocessing.pool.Pool` API.
 
     ``Pool(processes=None, initializer=None, initargs=(), maxtasksperchild=None, context=None)``
@@ -90,15 +74,9 @@ class Pool:
     ) -> None:
         self._state = RUN
         self._runtime: Runtime | None = None
+        check_pool_options(processes, maxtasksperchild, initializer)
         if processes is None:
             processes = os.cpu_count() or 1
-        if processes < 1:
-            raise ValueError("Number of processes must be at least 1")
-        if maxtasksperchild is not None:
-            if not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0:
-                raise ValueError("maxtasksperchild must be a positive int or None")
-        if initializer is not None and not callable(initializer):
-            raise TypeError("initializer must be a callable")
         if not isinstance(retries, int) or retries < 0:
             raise ValueError("retries must be a non-negative int")
         self._ctx = context if context is not None else multiprocessing.get_context()
@@ -128,13 +106,6 @@ class Pool:
             raise ValueError("Pool not running")
         runtime.check_usable()
         return runtime
-
-    def __reduce__(self) -> Any:
-        raise NotImplementedError("pool objects cannot be passed between processes or pickled")
-
-    def __repr__(self) -> str:
-        name = f"{type(self).__module__}.{type(self).__qualname__}"
-        return f"<{name} state={self._state} pool_size={self._processes}>"
 
     # --- single tasks ----------------------------------------------------------------------
 
@@ -176,25 +147,11 @@ class Pool:
         if kwds is not None and type(kwds) is not dict:
             kwds = dict(kwds)
         func_id = runtime.func_id(func)
-        try:
-            if func_id:
-                payload = pickle.dumps((args, kwds or None), PROTOCOL)
-            elif runtime.cloudpickle:
-                payload = _cloud.dumps_inline((func, args, kwds or None), func)
-            else:
-                payload = pickle.dumps((func, args, kwds or None), PROTOCOL)
-        except Exception as exc:
-            try:
-                if not runtime.cloudpickle:
-                    raise
-                payload = _cloud.call_payload(func, func_id, args, kwds)
-            except Exception as error:
-                error = _cloud.prefer_object_error(exc, error)
-                if error is exc:
-                    error.add_note(describe_unpicklable(args, kwds or {}))
-                if error_callback is not None:
-                    error_callback(error)
-                return _FailedResult(error)
+        payload = pickle_call(runtime, func, func_id, args, kwds)
+        if isinstance(payload, BaseException):
+            if error_callback is not None:
+                error_callback(payload)
+            return _FailedResult(payload)
         notify = callback is not None or error_callback is not None
         handle = runtime.core.submit(KIND_CALL, func_id, payload, notify, FRONT_POOL, timeout)
         if notify:
@@ -400,19 +357,6 @@ class Pool:
         runtime = self._runtime
         if runtime is not None and not runtime.forked_away:
             runtime.join()
-
-    def __enter__(self) -> Pool:
-        if self._state != RUN:
-            raise ValueError("Pool not running")
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.terminate()
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
         runtime = getattr(self, "_runtime", None)
