@@ -308,16 +308,3 @@ def pattern_bytes(size, seed=0):
 def checksum_and_echo(data):
     """Returns (length, sum of a sample, the data itself): proves the worker saw every byte."""
     return len(data), sum(data[::4096]), data
-
-
-def inherited_segments(_=None):
-    """Descriptors of the parent's shared-memory segments this worker holds open."""
-    found = []
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{name}")
-        except OSError:
-            continue
-        if target.startswith("/memfd:rpool-segment"):
-            found.append(int(name))
-    return found

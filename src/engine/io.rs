@@ -699,7 +699,10 @@ impl IoLoop {
     /// Makes sure a ready worker holds [`GRANTS_PER_WORKER`] segments for large results.
     fn top_up_grants(&mut self, index: usize) {
         let worker = &mut self.workers[index];
-        while worker.grants.len() < GRANTS_PER_WORKER && worker.task_pipe.is_some() {
+        while worker.grants.len() < GRANTS_PER_WORKER
+            && worker.task_pipe.is_some()
+            && !worker.releasing
+        {
             let Ok(lease) = self.shared.segments.acquire(SHARED_PAYLOAD_MIN as u64) else {
                 return; // out of descriptors or memory: results keep using the pipe
             };

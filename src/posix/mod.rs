@@ -236,28 +236,6 @@ pub(crate) fn open_peer_fd(pid: i32, fd: u64, writable: bool) -> io::Result<Owne
     Ok(OwnedFd::from(file))
 }
 
-/// Closes every segment descriptor this process inherited through `fork` (a worker must not
-/// keep its parent's payloads alive). Other descriptors are left alone.
-pub(crate) fn close_inherited_segments() {
-    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
-        return;
-    };
-    let prefix = format!("/memfd:{}", SEGMENT_NAME.to_string_lossy());
-    let inherited: Vec<RawFd> = entries
-        .flatten()
-        .filter(|entry| {
-            std::fs::read_link(entry.path())
-                .is_ok_and(|target| target.to_string_lossy().starts_with(&prefix))
-        })
-        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
-        .collect();
-    for fd in inherited {
-        // SAFETY: `fd` is a memfd segment inherited from the parent; nothing in this process
-        // refers to it (segments are only ever used through descriptors this process opens).
-        unsafe { libc::close(fd) };
-    }
-}
-
 /// Ends the process at once, skipping destructors and atexit handlers.
 pub(crate) fn exit_now(code: i32) -> ! {
     // SAFETY: _exit never returns and has no preconditions.

@@ -1,7 +1,7 @@
 //! The loop each worker process runs: read task frames from the task pipe (without the GIL),
 //! call the task, write result frames in batches. Also the worker's safety nets: parent-death
-//! signal, closing descriptors inherited from the parent's pool, and a watchdog that ends the
-//! worker when the parent disappears while a task is running.
+//! signal and a watchdog that ends the worker when the parent disappears while a task is
+//! running. Large payloads and results go through the parent's shared-memory segments.
 //!
 //! This code runs in a child interpreter and must not touch parent-side engine state: after
 //! `fork` the parent's locks and threads are not usable here.
@@ -40,8 +40,6 @@ const ORPHAN_GRACE: Duration = Duration::from_millis(1000);
 #[pyo3(signature = (task_fd, expected_parent))]
 pub(crate) fn prepare_worker(task_fd: RawFd, expected_parent: i32) -> PyResult<()> {
     posix::set_parent_death_signal(libc::SIGKILL).map_err(|e| PyOSError::new_err(e.to_string()))?;
-    // A forked worker would otherwise keep its parent's payload segments alive.
-    posix::close_inherited_segments();
     if expected_parent > 0 && posix::parent_pid() != expected_parent {
         // The parent died before the death signal was armed.
         posix::exit_now(1);
