@@ -362,9 +362,7 @@ impl IoLoop {
                 }
                 None => FuncId::INLINE.0,
             };
-            if move_to_segment(&mut task, &self.shared.segments) {
-                self.shared_payloads += 1;
-            }
+            let shared_payload = move_to_segment(&mut task, &self.shared.segments);
             worker
                 .out
                 .push_payload(task.kind, task.slot.id.0, func_id, &task.payload);
@@ -373,6 +371,11 @@ impl IoLoop {
                 worker.front_started = Some(Instant::now());
             }
             worker.in_flight.push_back(task);
+            if shared_payload {
+                // Large arguments often mean a large result: let the worker answer in a segment.
+                self.shared_payloads += 1;
+                self.top_up_grants(index);
+            }
         }
         if self.queue.is_empty() {
             self.steal_for_idle_workers();
@@ -640,7 +643,6 @@ impl IoLoop {
                         worker.front_started = Some(Instant::now());
                     }
                     self.startup_failures = 0;
-                    self.top_up_grants(index);
                 }
                 FrameKind::Ok | FrameKind::Err => {
                     let worker = &mut self.workers[index];
@@ -660,6 +662,7 @@ impl IoLoop {
                         Some(Instant::now())
                     };
                     self.tasks_done += 1;
+                    let wants_grants = frame.shared || frame.payload.len() >= SHARED_PAYLOAD_MIN;
                     let outcome = match (frame.kind, frame.shared) {
                         (FrameKind::Ok, false) => Outcome::Value(Pickled::from(frame.payload)),
                         (FrameKind::Ok, true) => match self.take_granted(index, &frame) {
@@ -675,7 +678,9 @@ impl IoLoop {
                         _ => Outcome::TaskError(frame.payload),
                     };
                     self.finish_task(task, outcome, frame.aux);
-                    if frame.shared {
+                    // Grants go only to workers that produce large results, so pools of small
+                    // tasks never create segments (start-up stays as cheap as before).
+                    if wants_grants {
                         self.top_up_grants(index);
                     }
                 }
