@@ -13,7 +13,7 @@
 //!   when the result is asked for, then the segment returns to the pool.
 //!
 //! Segments are recycled, not recreated: on this machine a fresh 8 MiB memfd costs ~4 ms of
-//! page allocation, a reused one ~0.7 ms to fill (see benches/README.md). Every lease returns its
+//! page allocation, a reused one ~0.7 ms to fill (README, Performance notes). Every lease returns its
 //! segment on drop, so nothing leaks when a task fails, is cancelled or its worker dies.
 #![forbid(unsafe_code)]
 
