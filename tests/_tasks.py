@@ -308,3 +308,48 @@ def pattern_bytes(size, seed=0):
 def checksum_and_echo(data):
     """Returns (length, sum of a sample, the data itself): proves the worker saw every byte."""
     return len(data), sum(data[::4096]), data
+
+
+def describe_values(*args, **kwargs):
+    """(type name, length) of every argument and keyword argument, and whether the first two
+    positional arguments are the same object: what a worker received, without echoing it."""
+    seen = [(type(a).__name__, len(a)) for a in args]
+    named = {k: (type(v).__name__, len(v)) for k, v in kwargs.items()}
+    same = len(args) >= 2 and args[0] is args[1]
+    return seen, named, same
+
+
+def build_nested_result(size, seed=0):
+    """A result with large buffers inside small containers (built in the worker)."""
+    data = pattern_bytes(size, seed)
+    return {"raw": data, "mutable": bytearray(data), "pair": (data, 7), "small": b"x"}
+
+
+class OwnBuffer:
+    """Hands its buffer to protocol-5 pickling out of band, like a NumPy array does."""
+
+    def __init__(self, data):
+        self.data = bytearray(data)
+
+    @property
+    def nbytes(self):
+        return len(self.data)
+
+    def __reduce_ex__(self, protocol):
+        import pickle
+
+        if protocol >= 5:
+            return (OwnBuffer._rebuild, (pickle.PickleBuffer(self.data),))
+        return (OwnBuffer, (bytes(self.data),))
+
+    @staticmethod
+    def _rebuild(buffer):
+        value = OwnBuffer.__new__(OwnBuffer)
+        # Keep whatever was handed over (as NumPy does): the loader must give a private copy.
+        value.data = buffer if isinstance(buffer, bytearray) else bytearray(buffer)
+        return value
+
+
+def own_buffer_sum(value):
+    """Sum of a sample of an `OwnBuffer`, and a new `OwnBuffer` with the data reversed."""
+    return sum(value.data[::4096]), OwnBuffer(bytes(value.data[::-1]))

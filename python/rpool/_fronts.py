@@ -18,6 +18,7 @@ from rpool import _cloud, _rpool
 from rpool._mapping import LazyMapIterator, check_chunksize
 from rpool._remote import PROTOCOL
 from rpool._runtime import Runtime
+from rpool._split import SplitPickle, call_is_large
 
 # `Pool._state`: accepting tasks, closed (queued tasks still run), terminated.
 RUN = "RUN"
@@ -64,11 +65,17 @@ def pickle_call(
     func_id: int,
     args: tuple[Any, ...],
     kwds: Mapping[str, Any] | None,
-) -> bytes | BaseException:
+) -> bytes | _rpool.SharedPayload | BaseException:
     """The payload of one local call ``func(*args, **kwds)`` (`func_id` from the runtime's
     cache, 0: inline); or, if it cannot be pickled, the error to fail the call with (noted
-    with the arguments pickle refused when that error is pickle's own)."""
+    with the arguments pickle refused when that error is pickle's own). Arguments holding
+    large buffers are written straight into a shared-memory segment (see `rpool._split`)."""
     try:
+        if call_is_large(args, kwds):  # type: ignore[arg-type]
+            call = (args, kwds or None) if func_id else (func, args, kwds or None)
+            shared = share_split(runtime, SplitPickle(call, _CALL_SEARCH_DEPTH))
+            if shared is not None:
+                return shared
         if func_id:
             return pickle.dumps((args, kwds or None), PROTOCOL)
         if runtime.cloudpickle:
@@ -84,6 +91,21 @@ def pickle_call(
             if error is exc:
                 error.add_note(describe_unpicklable(args, kwds or {}))
             return error
+
+
+#: The call tuple is one level above the arguments `call_is_large` searched.
+_CALL_SEARCH_DEPTH = 4
+
+
+def share_split(runtime: Runtime, split: SplitPickle) -> _rpool.SharedPayload | None:
+    """`split` written into one of the pool's shared-memory segments; None when no segment
+    can be had (the caller then sends an ordinary pickle through the pipe)."""
+    try:
+        segment = runtime.core.lease_segment(split.size)
+        segment.filled(split.write_to(segment.fd))
+    except OSError:
+        return None
+    return segment
 
 
 def check_executor_options(

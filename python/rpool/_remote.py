@@ -22,7 +22,7 @@ from multiprocessing.pool import (  # type: ignore[attr-defined]
 )
 from typing import Any
 
-from rpool import _cloud
+from rpool import _cloud, _split
 
 __all__ = [
     "InitializerError",
@@ -141,16 +141,17 @@ class WorkerCodec:
         )
         self.run_map = _run_map
         self.run_starmap = _run_starmap
-        self.loads_segment = loads_segment
+        self.loads_segment = _split.loads_segment
 
-
-def loads_segment(fd: int, length: int) -> Any:
-    """Unpickles the first ``length`` bytes of a shared-memory segment straight from a mapping
-    (used on both sides for payloads too large for the pipe; see src/engine/segments.rs)."""
-    import mmap  # here, not at the top: most workers never see a large payload (start-up time)
-
-    with mmap.mmap(fd, length, prot=mmap.PROT_READ) as mapping:
-        return pickle.loads(mapping)
+    def dumps_call_result(self, value: object) -> bytes | _split.SplitPickle:
+        """Pickles one call's result; one holding large buffers becomes a split pickle, which
+        the loop writes into a shared-memory segment the parent granted."""
+        if _split.result_is_large(value):
+            try:
+                return _split.SplitPickle(value)
+            except Exception:
+                pass  # `dumps` reports the failure the usual way (or cloudpickle accepts it)
+        return self.dumps(value)
 
 
 # --- parent side -------------------------------------------------------------------------------

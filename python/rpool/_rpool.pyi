@@ -11,11 +11,12 @@ class Core:
         cls, workers: int, retries: int = 0, max_tasks_per_worker: int | None = None
     ) -> Core: ...
     def register_func(self, pickled: bytes) -> int: ...
+    def lease_segment(self, size: int) -> SharedPayload: ...
     def submit(
         self,
         kind: int,
         func_id: int,
-        payload: bytes,
+        payload: bytes | SharedPayload,
         notify: bool,
         front: int,
         timeout: float | None = None,
@@ -45,6 +46,14 @@ class Core:
     def stats(self) -> dict[str, Any]: ...
 
 @final
+class SharedPayload:
+    """A shared-memory segment leased for one task's payload, written by the caller."""
+
+    @property
+    def fd(self) -> int: ...
+    def filled(self, length: int) -> None: ...
+
+@final
 class AsyncResult:
     """The result of one task (`Pool.apply_async`) or one map chunk."""
 
@@ -70,6 +79,8 @@ class ChunkSizer:
     def __new__(cls) -> ChunkSizer: ...
     def next_size(self) -> int: ...
     def observe(self, items: int, compute_seconds: float) -> None: ...
+
+SHARED_PAYLOAD_MIN: int
 
 def default_chunksize(length: int, workers: int) -> int: ...
 def prepare_worker(task_fd: int, expected_parent: int) -> None: ...

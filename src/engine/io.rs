@@ -370,10 +370,14 @@ impl IoLoop {
             if worker.in_flight.is_empty() && worker.ready {
                 worker.front_started = Some(Instant::now());
             }
+            let first_time_shared = shared_payload && !task.counted_as_shared;
+            task.counted_as_shared |= shared_payload;
             worker.in_flight.push_back(task);
+            if first_time_shared {
+                self.shared_payloads += 1;
+            }
             if shared_payload {
                 // Large arguments often mean a large result: let the worker answer in a segment.
-                self.shared_payloads += 1;
                 self.top_up_grants(index);
             }
         }
@@ -856,11 +860,12 @@ impl IoLoop {
 
 /// How long a worker's current task may run before tasks queued behind it may be stolen.
 /// Copies a large inline payload into a shared-memory segment (once: a stolen task keeps its
-/// segment) and says whether it did. If no segment can be had, the payload goes through the
-/// pipe as before.
+/// segment) and says whether the payload now travels through a segment (also true for split
+/// pickles, which the caller wrote into one). If no segment can be had, the payload goes through
+/// the pipe as before.
 fn move_to_segment(task: &mut Task, segments: &Arc<SegmentPool>) -> bool {
     let Pickled::Inline(bytes) = &task.payload else {
-        return false;
+        return true;
     };
     if bytes.len() < SHARED_PAYLOAD_MIN {
         return false;

@@ -44,7 +44,7 @@ use parking_lot::{Condvar, Mutex};
 use crate::errors::PoolError;
 use crate::posix::WakeFd;
 use crate::protocol::{FrameKind, FuncId, TaskId, WorkerId};
-use segments::{Pickled, SegmentPool};
+use segments::{Pickled, SegmentLease, SegmentPool};
 use slots::{TaskSlot, Waiters};
 
 /// A callable shared by many tasks: workers receive its pickle once and cache it by id.
@@ -59,7 +59,9 @@ pub struct FuncDef {
 pub struct NewTask {
     pub kind: FrameKind,
     pub func: Option<FuncDef>,
-    pub payload: Vec<u8>,
+    /// The pickle, inline or already in a shared-memory segment (split pickles, see
+    /// `python/rpool/_split.py`).
+    pub payload: Pickled,
     pub notify: bool,
     pub timeout: Option<Duration>,
 }
@@ -73,6 +75,9 @@ pub(crate) struct Task {
     pub(crate) payload: Pickled,
     pub(crate) timeout: Option<Duration>,
     pub(crate) retries_left: u32,
+    /// Set once the task has been counted in `shared_payloads`, so a stolen or retried task
+    /// that keeps its segment is not counted again.
+    pub(crate) counted_as_shared: bool,
 }
 
 /// A started worker process, described by the parent ends of its pipes.
@@ -285,9 +290,10 @@ impl Engine {
                 slot,
                 kind: new.kind,
                 func: new.func,
-                payload: Pickled::from(new.payload),
+                payload: new.payload,
                 timeout: new.timeout,
                 retries_left: retries,
+                counted_as_shared: false,
             });
         }
         self.shared
@@ -295,6 +301,12 @@ impl Engine {
             .fetch_add(queued.len() as u64, Ordering::SeqCst);
         self.send(Command::Submit(queued))?;
         Ok(slots)
+    }
+
+    /// A shared-memory segment of this pool with room for `size` bytes if an idle one has it,
+    /// for a payload the caller writes itself.
+    pub fn lease_segment(&self, size: u64) -> std::io::Result<SegmentLease> {
+        self.shared.segments.acquire(size)
     }
 
     /// Hands a started worker's pipes to the I/O thread.

@@ -10,13 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
 use crate::engine::chunking::{chunksize_for_len, AdaptiveChunker};
-use crate::engine::segments::Pickled;
+use crate::engine::segments::{Pickled, SegmentLease};
 use crate::engine::slots::{Outcome, Phase, TaskSlot};
 use crate::engine::{Engine, EngineConfig, Event, FuncDef, NewTask, WorkerSpec};
 use crate::errors::PoolError;
@@ -92,7 +92,7 @@ fn load_value<'py>(py: Python<'py>, value: &Pickled) -> PyResult<Bound<'py, PyAn
     match value {
         Pickled::Inline(bytes) => loads(py)?.call1((PyBytes::new(py, bytes),)),
         Pickled::Shared(lease) => LOADS_SEGMENT
-            .import(py, "rpool._remote", "loads_segment")?
+            .import(py, "rpool._split", "loads_segment")?
             .call1((lease.raw_fd(), lease.len())),
     }
 }
@@ -106,6 +106,60 @@ fn unpickle_failure(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
 
 fn failure_factory(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     FAILURE.import(py, "rpool._remote", "outcome_to_exception")
+}
+
+/// A shared-memory segment leased for one task's payload: Python writes it through `fd`,
+/// records the length with `filled`, and hands it to `Core.submit`, which takes the segment.
+/// Dropped unsubmitted, the segment goes back to the pool.
+#[pyclass(frozen, module = "rpool._rpool")]
+pub(crate) struct SharedPayload {
+    lease: Mutex<Option<SegmentLease>>,
+    fd: RawFd,
+}
+
+#[pymethods]
+impl SharedPayload {
+    /// The parent's descriptor of the segment (valid until the task ends).
+    #[getter]
+    fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    /// Records that the first `length` bytes of the segment hold the payload.
+    fn filled(&self, length: u64) -> PyResult<()> {
+        let mut lease = self.lease.lock();
+        let lease = lease
+            .as_mut()
+            .ok_or_else(|| PyValueError::new_err("this shared payload was already submitted"))?;
+        lease.set_len(length);
+        Ok(())
+    }
+}
+
+/// A submitted payload as the engine keeps it: bytes are copied, a `SharedPayload`'s segment is
+/// taken over.
+fn pickled_payload(payload: &Bound<'_, PyAny>) -> PyResult<Pickled> {
+    if let Ok(bytes) = payload.cast::<PyBytes>() {
+        return Ok(Pickled::from(bytes.as_bytes().to_vec()));
+    }
+    let Ok(shared) = payload.cast::<SharedPayload>() else {
+        return Err(PyTypeError::new_err(format!(
+            "a task payload must be bytes or a SharedPayload, not {}",
+            payload.get_type().name()?
+        )));
+    };
+    let lease = shared
+        .get()
+        .lease
+        .lock()
+        .take()
+        .ok_or_else(|| PyValueError::new_err("this shared payload was already submitted"))?;
+    if lease.is_empty() {
+        return Err(PyValueError::new_err(
+            "a shared payload must be filled before it is submitted",
+        ));
+    }
+    Ok(Pickled::Shared(Arc::new(lease)))
 }
 
 /// One pool's engine, as seen from Python. Thread-safe: any thread may submit and wait.
@@ -183,13 +237,27 @@ impl Core {
         id
     }
 
+    /// A shared-memory segment for one task's payload, which the caller writes (a split
+    /// pickle, see `rpool._split`) and then passes to `submit` instead of bytes.
+    fn lease_segment(&self, size: u64) -> PyResult<SharedPayload> {
+        let lease = self
+            .engine
+            .lease_segment(size)
+            .map_err(|e| PyOSError::new_err(format!("rpool: no shared-memory segment: {e}")))?;
+        Ok(SharedPayload {
+            fd: lease.raw_fd(),
+            lease: Mutex::new(Some(lease)),
+        })
+    }
+
     /// Queues one task. `kind`: 1 call, 2 map chunk, 3 starmap chunk. `front`: 0 Pool, 1 executor.
+    /// `payload`: the pickle as bytes, or a filled `SharedPayload`.
     #[pyo3(signature = (kind, func_id, payload, notify, front, timeout=None))]
     fn submit(
         &self,
         kind: u8,
         func_id: u64,
-        payload: &[u8],
+        payload: &Bound<'_, PyAny>,
         notify: bool,
         front: u8,
         timeout: Option<f64>,
@@ -197,7 +265,7 @@ impl Core {
         let task = NewTask {
             kind: frame_kind(kind)?,
             func: self.func_def(func_id)?,
-            payload: payload.to_vec(),
+            payload: pickled_payload(payload)?,
             notify,
             timeout: duration_from(timeout, "timeout")?,
         };
@@ -226,7 +294,7 @@ impl Core {
             .map(|p| NewTask {
                 kind,
                 func: func.clone(),
-                payload: p.as_bytes().to_vec(),
+                payload: Pickled::from(p.as_bytes().to_vec()),
                 notify,
                 timeout,
             })

@@ -106,6 +106,12 @@ impl Inbox {
         self.state.lock().grants.pop()
     }
 
+    /// Puts back a grant that could not be used (opening or writing the segment failed), so
+    /// the parent's segment is not stranded with this worker.
+    pub(crate) fn return_grant(&self, grant: (u64, u64)) {
+        self.state.lock().grants.push(grant);
+    }
+
     fn push(&self, frame: Frame) {
         self.state.lock().frames.push_back(frame);
         self.cond.notify_one();

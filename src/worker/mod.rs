@@ -85,6 +85,9 @@ struct Codec<'py> {
     run_map: Bound<'py, PyAny>,
     run_starmap: Bound<'py, PyAny>,
     loads_segment: Bound<'py, PyAny>,
+    /// Pickles a call's result: bytes, or a split pickle (`rpool._split.SplitPickle`) when it
+    /// holds large buffers.
+    dumps_call_result: Bound<'py, PyAny>,
 }
 
 impl<'py> Codec<'py> {
@@ -97,6 +100,7 @@ impl<'py> Codec<'py> {
             run_map: codec.getattr("run_map")?,
             run_starmap: codec.getattr("run_starmap")?,
             loads_segment: codec.getattr("loads_segment")?,
+            dumps_call_result: codec.getattr("dumps_call_result")?,
         })
     }
 }
@@ -165,15 +169,26 @@ pub(crate) fn worker_loop(
                     oldest_unflushed = None;
                 }
                 let started = Instant::now();
-                let (ok, payload) = run_task(py, &codec, &funcs, &frame, pool_pid)?;
+                let encoded = run_task(py, &codec, &funcs, &frame, pool_pid)?;
                 let elapsed = started.elapsed();
-                let kind = if ok { FrameKind::Ok } else { FrameKind::Err };
-                let result = payload.as_bytes();
                 let elapsed_ns = elapsed.as_nanos() as u64;
-                let segment = if ok && result.len() >= SHARED_PAYLOAD_MIN {
-                    py.detach(|| write_to_grant(&inbox, pool_pid, result))
-                } else {
-                    None
+                let (ok, payload, segment) = match encoded {
+                    Encoded::Split(split) => match split_to_grant(&inbox, pool_pid, &split) {
+                        Some(segment) => (true, None, Some(segment)),
+                        None => {
+                            let (ok, bytes) = plain_result(py, &codec, &split)?;
+                            (ok, Some(bytes), None)
+                        }
+                    },
+                    Encoded::Bytes((ok, bytes)) => (ok, Some(bytes), None),
+                };
+                let kind = if ok { FrameKind::Ok } else { FrameKind::Err };
+                let result = payload.as_ref().map_or(&[][..], |bytes| bytes.as_bytes());
+                let segment = match segment {
+                    None if ok && result.len() >= SHARED_PAYLOAD_MIN => {
+                        py.detach(|| write_to_grant(&inbox, pool_pid, result))
+                    }
+                    segment => segment,
                 };
                 if let Some(segment) = segment {
                     encode_shared_frame(&mut out, kind, frame.id, elapsed_ns, segment);
@@ -222,12 +237,60 @@ fn flush(py: Python<'_>, results: &ResultPipe, out: &mut Vec<u8>) -> std::io::Re
     outcome
 }
 
+/// A task's pickled value: bytes, or a split pickle still to be written.
+enum Encoded<'py> {
+    /// (succeeded, the pickled value or the pickled failure)
+    Bytes((bool, Bound<'py, PyBytes>)),
+    Split(Bound<'py, PyAny>),
+}
+
+/// Writes a split pickle into a segment the parent granted (its large buffers are copied
+/// straight from the result objects); `None` when no grant is left or writing failed.
+fn split_to_grant(inbox: &Inbox, pool_pid: i32, split: &Bound<'_, PyAny>) -> Option<SegmentRef> {
+    let (segment, fd) = inbox.take_grant()?;
+    let written = posix::open_peer_fd(pool_pid, fd, true)
+        .ok()
+        .and_then(|file| {
+            split
+                .call_method1("write_to", (file.as_raw_fd(),))
+                .and_then(|written| written.extract::<u64>())
+                .ok()
+        });
+    let Some(len) = written else {
+        inbox.return_grant((segment, fd));
+        return None;
+    };
+    Some(SegmentRef { segment, fd, len })
+}
+
+/// A split result as an ordinary pickle, for the pipe (no grant was left).
+fn plain_result<'py>(
+    py: Python<'py>,
+    codec: &Codec<'py>,
+    split: &Bound<'py, PyAny>,
+) -> PyResult<(bool, Bound<'py, PyBytes>)> {
+    match split.call_method0("plain") {
+        Ok(bytes) => Ok((true, bytes.cast_into::<PyBytes>()?)),
+        Err(err) => {
+            let value = split.getattr("value")?;
+            let encoded = codec
+                .encode_result_error
+                .call1((err.into_value(py), value))?;
+            Ok((false, encoded.cast_into::<PyBytes>()?))
+        }
+    }
+}
+
 /// Writes a large result into a segment the parent granted; `None` (the result then goes
 /// through the pipe) when no grant is left or the segment cannot be written.
 fn write_to_grant(inbox: &Inbox, pool_pid: i32, result: &[u8]) -> Option<SegmentRef> {
     let (segment, fd) = inbox.take_grant()?;
-    let file = posix::open_peer_fd(pool_pid, fd, true).ok()?;
-    posix::write_all_at(file.as_raw_fd(), result, 0).ok()?;
+    let written = posix::open_peer_fd(pool_pid, fd, true)
+        .and_then(|file| posix::write_all_at(file.as_raw_fd(), result, 0));
+    if written.is_err() {
+        inbox.return_grant((segment, fd));
+        return None;
+    }
     Some(SegmentRef {
         segment,
         fd,
@@ -257,29 +320,37 @@ fn decode_payload<'py>(
     codec.loads_segment.call1((file.as_raw_fd(), segment.len))
 }
 
-/// Runs one task; returns (succeeded, pickled value or pickled failure).
+/// Runs one task; returns its pickled value or pickled failure.
 fn run_task<'py>(
     py: Python<'py>,
     codec: &Codec<'py>,
     funcs: &HashMap<u64, CachedFunc>,
     frame: &Frame,
     pool_pid: i32,
-) -> PyResult<(bool, Bound<'py, PyBytes>)> {
+) -> PyResult<Encoded<'py>> {
     let value = call_task(py, codec, funcs, frame, pool_pid);
     let value = match value {
         Ok(value) => value,
         Err(err) => {
             let encoded = codec.encode_exception.call1((err.into_value(py),))?;
-            return Ok((false, encoded.cast_into::<PyBytes>()?));
+            return Ok(Encoded::Bytes((false, encoded.cast_into::<PyBytes>()?)));
         }
     };
-    match codec.dumps.call1((&value,)) {
-        Ok(bytes) => Ok((true, bytes.cast_into::<PyBytes>()?)),
+    let dumps = if frame.kind == FrameKind::Call {
+        &codec.dumps_call_result
+    } else {
+        &codec.dumps
+    };
+    match dumps.call1((&value,)) {
+        Ok(dumped) => match dumped.cast_into::<PyBytes>() {
+            Ok(bytes) => Ok(Encoded::Bytes((true, bytes))),
+            Err(not_bytes) => Ok(Encoded::Split(not_bytes.into_inner())),
+        },
         Err(err) => {
             let encoded = codec
                 .encode_result_error
                 .call1((err.into_value(py), value))?;
-            Ok((false, encoded.cast_into::<PyBytes>()?))
+            Ok(Encoded::Bytes((false, encoded.cast_into::<PyBytes>()?)))
         }
     }
 }
