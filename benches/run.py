@@ -179,6 +179,12 @@ def payload_rows(title: str) -> RowFn:
             row.extra = {
                 "stdlib_pool": [rep["stdlib:pool"]["value"] for rep in reps],
                 "stdlib_exec": [rep["stdlib:exec"]["value"] for rep in reps],
+                # The parent's fresh-memory floor, measured in each rpool subprocess.
+                "floor_mib_s": [rep["rpool:" + api]["extra"]["floor_mib_s"] for rep in reps],
+                "of_floor": [
+                    rep["rpool:" + api]["value"] / rep["rpool:" + api]["extra"]["floor_mib_s"]
+                    for rep in reps
+                ],
             }
             rows.append(row)
         return rows
@@ -795,6 +801,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"- payload, stdlib: Pool {cell(r.extra['stdlib_pool'], 'MiB/s')}, "
                 f"Executor {cell(r.extra['stdlib_exec'], 'MiB/s')}; the stdlib column is the "
                 "faster of the two per repetition"
+            )
+        if "of_floor" in r.extra:
+            api = r.title.split(", rpool ")[-1]
+            notes.append(
+                f"- payload floor (the parent only reading the results into new bytes, one "
+                f"copy): {cell(r.extra['floor_mib_s'], 'MiB/s')}; rpool {api}"
+                f" reaches {median(r.extra['of_floor']) * 100:.0f}% of it"
             )
         if "task_ms" in r.extra and "exec" not in r.workload:
             notes.append(f"- CPU tasks: {median(r.extra['task_ms']):.1f} ms each (serial, median)")

@@ -19,8 +19,8 @@ fn _rpool(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<py::Core>()?;
     m.add_class::<py::AsyncResult>()?;
     m.add_class::<py::ChunkSizer>()?;
-    m.add_class::<py::SharedPayload>()?;
     m.add("SHARED_PAYLOAD_MIN", engine::segments::SHARED_PAYLOAD_MIN)?;
+    m.add("SPLIT_PICKLE_MAGIC", engine::segments::SPLIT_PICKLE_MAGIC)?;
     m.add_function(wrap_pyfunction!(py::default_chunksize, m)?)?;
     m.add_function(wrap_pyfunction!(worker::prepare_worker, m)?)?;
     m.add_function(wrap_pyfunction!(worker::worker_loop, m)?)?;

@@ -65,17 +65,16 @@ def pickle_call(
     func_id: int,
     args: tuple[Any, ...],
     kwds: Mapping[str, Any] | None,
-) -> bytes | _rpool.SharedPayload | BaseException:
+) -> bytes | list[bytes | memoryview] | BaseException:
     """The payload of one local call ``func(*args, **kwds)`` (`func_id` from the runtime's
     cache, 0: inline); or, if it cannot be pickled, the error to fail the call with (noted
     with the arguments pickle refused when that error is pickle's own). Arguments holding
-    large buffers are written straight into a shared-memory segment (see `rpool._split`)."""
+    large buffers become the parts of a split pickle (see `rpool._split`), which the engine
+    writes straight into a shared-memory segment when the task is dispatched."""
     try:
         if call_is_large(args, kwds):  # type: ignore[arg-type]
             call = (args, kwds or None) if func_id else (func, args, kwds or None)
-            shared = share_split(runtime, SplitPickle(call, _CALL_SEARCH_DEPTH))
-            if shared is not None:
-                return shared
+            return SplitPickle(call, _CALL_SEARCH_DEPTH).parts()
         if func_id:
             return pickle.dumps((args, kwds or None), PROTOCOL)
         if runtime.cloudpickle:
@@ -95,17 +94,6 @@ def pickle_call(
 
 #: The call tuple is one level above the arguments `call_is_large` searched.
 _CALL_SEARCH_DEPTH = 4
-
-
-def share_split(runtime: Runtime, split: SplitPickle) -> _rpool.SharedPayload | None:
-    """`split` written into one of the pool's shared-memory segments; None when no segment
-    can be had (the caller then sends an ordinary pickle through the pipe)."""
-    try:
-        segment = runtime.core.lease_segment(split.size)
-        segment.filled(split.write_to(segment.fd))
-    except OSError:
-        return None
-    return segment
 
 
 def check_executor_options(

@@ -142,6 +142,7 @@ class WorkerCodec:
         self.run_map = _run_map
         self.run_starmap = _run_starmap
         self.loads_segment = _split.loads_segment
+        self.loads_buffer = _split.loads_buffer
 
     def dumps_call_result(self, value: object) -> bytes | _split.SplitPickle:
         """Pickles one call's result; one holding large buffers becomes a split pickle, which

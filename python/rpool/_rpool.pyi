@@ -11,12 +11,11 @@ class Core:
         cls, workers: int, retries: int = 0, max_tasks_per_worker: int | None = None
     ) -> Core: ...
     def register_func(self, pickled: bytes) -> int: ...
-    def lease_segment(self, size: int) -> SharedPayload: ...
     def submit(
         self,
         kind: int,
         func_id: int,
-        payload: bytes | SharedPayload,
+        payload: bytes | list[bytes | memoryview],
         notify: bool,
         front: int,
         timeout: float | None = None,
@@ -46,14 +45,6 @@ class Core:
     def stats(self) -> dict[str, Any]: ...
 
 @final
-class SharedPayload:
-    """A shared-memory segment leased for one task's payload, written by the caller."""
-
-    @property
-    def fd(self) -> int: ...
-    def filled(self, length: int) -> None: ...
-
-@final
 class AsyncResult:
     """The result of one task (`Pool.apply_async`) or one map chunk."""
 
@@ -81,6 +72,7 @@ class ChunkSizer:
     def observe(self, items: int, compute_seconds: float) -> None: ...
 
 SHARED_PAYLOAD_MIN: int
+SPLIT_PICKLE_MAGIC: bytes
 
 def default_chunksize(length: int, workers: int) -> int: ...
 def prepare_worker(task_fd: int, expected_parent: int) -> None: ...

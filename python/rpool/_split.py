@@ -38,7 +38,7 @@ _MAX_SEARCHED_ITEMS = 16
 #: How deep into nested tuples/lists/dicts the search goes (the call's argument tuple is level 1).
 _SEARCH_DEPTH = 3
 
-_MAGIC = b"rpoolSP1"
+_MAGIC: bytes = bytes(_rpool.SPLIT_PICKLE_MAGIC)
 _HEADER = struct.Struct("<8sIIQ")
 _ENTRY = struct.Struct("<QQQ")
 _ALIGN = 64
@@ -154,15 +154,16 @@ class SplitPickle:
         for view in self.buffers:
             self.size = _aligned(self.size + view.nbytes)
 
-    def parts(self) -> list[Any]:
-        """The segment's contents as the buffers to write, in order (padding included)."""
+    def parts(self) -> list[bytes | memoryview]:
+        """The segment's contents as the buffers to write, in order (padding included): the
+        payload a front submits, written into a segment when the task is dispatched."""
         entries = []
         offset = _aligned(_HEADER.size + _ENTRY.size * len(self.buffers) + len(self.head))
         for view, flags in zip(self.buffers, self.flags, strict=True):
             entries.append(_ENTRY.pack(offset, view.nbytes, flags))
             offset = _aligned(offset + view.nbytes)
         table = _HEADER.pack(_MAGIC, len(self.buffers), 0, len(self.head)) + b"".join(entries)
-        parts: list[Any] = [table, self.head]
+        parts: list[bytes | memoryview] = [table, self.head]
         written = len(table) + len(self.head)
         for view in self.buffers:
             padding = _aligned(written) - written
@@ -198,19 +199,62 @@ def _aligned(offset: int) -> int:
 
 
 def loads_segment(fd: int, length: int) -> Any:
-    """Unpickles the first `length` bytes of a shared-memory segment (a plain or split pickle)
-    straight from a mapping of it. Used on both sides; see src/engine/segments.rs."""
-    import mmap  # here, not at the top: most workers never see a large payload (start-up time)
+    """Unpickles the first `length` bytes of a shared-memory segment (a plain or split pickle).
+    Used on both sides; see src/engine/segments.rs.
 
-    flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-    with mmap.mmap(fd, length, flags=flags, prot=mmap.PROT_READ) as mapping:
-        if length < _HEADER.size or mapping[: len(_MAGIC)] != _MAGIC:
+    A split pickle is read with ``os.pread`` straight into the objects it rebuilds: each large
+    ``bytes`` is the very object ``pread`` returns (one copy, no mapping to set up and tear
+    down). A plain pickle is unpickled from a mapping of the segment."""
+    header = _read_exactly(fd, min(length, _HEADER.size), 0)
+    if len(header) < _HEADER.size or not header.startswith(_MAGIC):
+        import mmap  # here, not at the top: most workers never see a large payload
+
+        with mmap.mmap(fd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ) as mapping:
             return pickle.loads(mapping)
-        whole = memoryview(mapping)
-        try:
-            return _loads_split(whole, length)
-        finally:
-            whole.release()
+    _magic, count, _reserved, head_len = _HEADER.unpack(header)
+    table_end = _HEADER.size + _ENTRY.size * count
+    if table_end + head_len > length:
+        raise pickle.UnpicklingError("rpool: shared-memory segment holds a truncated split pickle")
+    front = _read_exactly(fd, table_end + head_len - _HEADER.size, _HEADER.size)
+    buffers: list[Any] = []
+    for index in range(count):
+        offset, size, flags = _ENTRY.unpack_from(front, _ENTRY.size * index)
+        if offset + size > length:
+            raise pickle.UnpicklingError(
+                "rpool: shared-memory segment holds a truncated split pickle"
+            )
+        data = _read_exactly(fd, size, offset)
+        # rpool's own stand-ins rebuild `bytes` from a `bytes` without copying; anything else
+        # gets a private, writable copy (the segment is reused after this load).
+        buffers.append(data if flags & _COPIED_ON_LOAD else bytearray(data))
+    with memoryview(front) as view:
+        return pickle.loads(view[table_end - _HEADER.size :], buffers=buffers)
+
+
+def _read_exactly(fd: int, size: int, offset: int) -> bytes:
+    data = os.pread(fd, size, offset)
+    if len(data) == size:
+        return data
+    pieces = [data]
+    done = len(data)
+    while done < size:
+        piece = os.pread(fd, size - done, offset + done)
+        if not piece:
+            raise pickle.UnpicklingError(
+                "rpool: shared-memory segment holds a truncated split pickle"
+            )
+        pieces.append(piece)
+        done += len(piece)
+    return b"".join(pieces)
+
+
+def loads_buffer(data: bytes) -> Any:
+    """Unpickles a plain or split pickle held in memory (a split pickle that went through the
+    pipe because no segment could be had)."""
+    if not data.startswith(_MAGIC):
+        return pickle.loads(data)
+    with memoryview(data) as whole:
+        return _loads_split(whole, len(data))
 
 
 def _loads_split(whole: memoryview, length: int) -> Any:

@@ -858,14 +858,23 @@ impl IoLoop {
     }
 }
 
-/// How long a worker's current task may run before tasks queued behind it may be stolen.
-/// Copies a large inline payload into a shared-memory segment (once: a stolen task keeps its
-/// segment) and says whether the payload now travels through a segment (also true for split
-/// pickles, which the caller wrote into one). If no segment can be had, the payload goes through
-/// the pipe as before.
+/// Puts a large payload into a shared-memory segment when its task is dispatched (once: a
+/// stolen task keeps its segment) and says whether the payload travels through a segment.
+/// Inline pickles are copied; pinned buffers (split pickles) are written straight from the
+/// submitter's objects. If no segment can be had, the payload goes through the pipe.
 fn move_to_segment(task: &mut Task, segments: &Arc<SegmentPool>) -> bool {
-    let Pickled::Inline(bytes) = &task.payload else {
-        return true;
+    let bytes = match &task.payload {
+        Pickled::Inline(bytes) => bytes,
+        Pickled::Shared(_) => return true,
+        Pickled::Pinned(pinned) => {
+            let pinned = pinned.clone();
+            task.payload = match segments.store_pinned(&pinned) {
+                Ok(lease) => Pickled::Shared(Arc::new(lease)),
+                // The worker recognises a split pickle that arrives inline.
+                Err(_) => Pickled::from(pinned.to_vec()),
+            };
+            return matches!(task.payload, Pickled::Shared(_));
+        }
     };
     if bytes.len() < SHARED_PAYLOAD_MIN {
         return false;
@@ -877,6 +886,7 @@ fn move_to_segment(task: &mut Task, segments: &Arc<SegmentPool>) -> bool {
     true
 }
 
+/// How long a worker's current task may run before tasks queued behind it may be stolen.
 fn steal_patience(worker: &Worker) -> Duration {
     let expected_ns = worker.task_ns_ewma.unwrap_or(0.0) * SLOW_FRONT_FACTOR;
     Duration::from_nanos(expected_ns as u64).max(STEAL_AFTER)

@@ -44,7 +44,7 @@ use parking_lot::{Condvar, Mutex};
 use crate::errors::PoolError;
 use crate::posix::WakeFd;
 use crate::protocol::{FrameKind, FuncId, TaskId, WorkerId};
-use segments::{Pickled, SegmentLease, SegmentPool};
+use segments::{Pickled, SegmentPool};
 use slots::{TaskSlot, Waiters};
 
 /// A callable shared by many tasks: workers receive its pickle once and cache it by id.
@@ -301,12 +301,6 @@ impl Engine {
             .fetch_add(queued.len() as u64, Ordering::SeqCst);
         self.send(Command::Submit(queued))?;
         Ok(slots)
-    }
-
-    /// A shared-memory segment of this pool with room for `size` bytes if an idle one has it,
-    /// for a payload the caller writes itself.
-    pub fn lease_segment(&self, size: u64) -> std::io::Result<SegmentLease> {
-        self.shared.segments.acquire(size)
     }
 
     /// Hands a started worker's pipes to the I/O thread.

@@ -73,6 +73,9 @@ impl Outbox {
                 return;
             }
             Pickled::Inline(bytes) => bytes,
+            // Dispatch writes pinned buffers into a segment first; if none could be had they
+            // go inline like any other pickle.
+            Pickled::Pinned(pinned) => &Arc::new(pinned.to_vec()),
         };
         if bytes.len() < LARGE_PAYLOAD {
             self.push_frame(kind, id, aux, bytes);

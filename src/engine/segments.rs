@@ -6,8 +6,11 @@
 //! and a segment outlives any worker that used it.
 //!
 //! - **Task payloads** of at least [`SHARED_PAYLOAD_MIN`] bytes are copied into a segment when
-//!   they are dispatched; the worker maps it and unpickles from the mapping. The segment belongs
-//!   to the task and returns to the pool when the task ends.
+//!   they are dispatched; the worker reads it from there. A split pickle (large buffers pickled
+//!   out of band, `python/rpool/_split.py`) arrives as [`Pinned`] buffers and is written with
+//!   one `pwritev` straight from the submitter's objects. The segment belongs to the task and
+//!   returns to the pool when the task ends; writing at dispatch, not at submit, means only
+//!   the tasks in flight hold segments, so they are mostly recycled ones.
 //! - **Results**: each worker holds a few *granted* segments (`Grant` frames). A large result is
 //!   written into one and announced by a shared `Ok` frame; the parent unpickles from a mapping
 //!   when the result is asked for, then the segment returns to the pool.
@@ -17,7 +20,7 @@
 //! segment on drop, so nothing leaks when a task fails, is cancelled or its worker dies.
 #![forbid(unsafe_code)]
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,6 +33,10 @@ use crate::protocol::SegmentRef;
 /// Pickles at least this large go through a segment. Below it a pipe is as fast: mapping a
 /// segment and the extra frames cost ~50 µs, which a 1 MiB pipe transfer (~0.2 ms) barely beats.
 pub const SHARED_PAYLOAD_MIN: usize = 512 * 1024;
+
+/// The first bytes of a split pickle (layout: `python/rpool/_split.py`, which reads this
+/// constant from the native module).
+pub const SPLIT_PICKLE_MAGIC: &[u8] = b"rpoolSP1";
 
 /// Idle segments kept for reuse at most (more are closed, freeing their memory).
 const MAX_FREE_SEGMENTS: usize = 16;
@@ -106,6 +113,15 @@ impl SegmentPool {
         let mut lease = self.acquire(bytes.len() as u64)?;
         posix::write_all_at(lease.raw_fd(), bytes, 0)?;
         lease.set_len(bytes.len() as u64);
+        Ok(lease)
+    }
+
+    /// A segment holding the pinned buffers, one after the other.
+    pub fn store_pinned(self: &Arc<Self>, pinned: &Pinned) -> io::Result<SegmentLease> {
+        let len = pinned.0.total_len();
+        let mut lease = self.acquire(len)?;
+        posix::write_vectored_all_at(lease.raw_fd(), &mut pinned.0.slices(), 0)?;
+        lease.set_len(len);
         Ok(lease)
     }
 
@@ -190,11 +206,50 @@ impl PartialEq for SegmentLease {
     }
 }
 
-/// A pickle, either inline or in a segment.
+/// Buffers that stay at fixed addresses, unresized, for as long as the value lives: the parts
+/// of a split pickle whose Python objects are pinned by buffer exports (`py::PinnedParts`).
+/// They are written into a segment only when their task is dispatched, so that segment is
+/// usually a recycled one instead of fresh memory.
+pub trait PinnedBuffers: Send + Sync {
+    /// Total bytes of all buffers.
+    fn total_len(&self) -> u64;
+    /// The buffers, in order.
+    fn slices(&self) -> Vec<IoSlice<'_>>;
+}
+
+/// A shared handle on pinned buffers (compared by identity).
+#[derive(Clone)]
+pub struct Pinned(pub Arc<dyn PinnedBuffers>);
+
+impl Pinned {
+    /// The buffers concatenated (when no segment can be had and they must go inline).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.0.total_len() as usize);
+        for slice in self.0.slices() {
+            out.extend_from_slice(&slice);
+        }
+        out
+    }
+}
+
+impl std::fmt::Debug for Pinned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pinned({} bytes)", self.0.total_len())
+    }
+}
+
+impl PartialEq for Pinned {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+/// A pickle: inline, in a segment, or pinned buffers still to be written into one.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Pickled {
     Inline(Arc<Vec<u8>>),
     Shared(Arc<SegmentLease>),
+    Pinned(Pinned),
 }
 
 impl Pickled {
@@ -202,6 +257,7 @@ impl Pickled {
         match self {
             Pickled::Inline(bytes) => bytes.len(),
             Pickled::Shared(lease) => lease.len() as usize,
+            Pickled::Pinned(pinned) => pinned.0.total_len() as usize,
         }
     }
 

@@ -226,6 +226,47 @@ pub(crate) fn write_all_at(fd: RawFd, mut buf: &[u8], mut offset: u64) -> io::Re
     Ok(())
 }
 
+/// Writes all of `slices`, in order, at `offset` (`pwritev(2)`, retried on EINTR and short
+/// writes).
+pub(crate) fn write_vectored_all_at(
+    fd: RawFd,
+    mut slices: &mut [io::IoSlice<'_>],
+    mut offset: u64,
+) -> io::Result<()> {
+    // At most this many buffers per call (the kernel's IOV_MAX).
+    const MAX_IOVECS: usize = 1024;
+    io::IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        let count = slices.len().min(MAX_IOVECS);
+        // SAFETY: `IoSlice` is ABI-compatible with `struct iovec` on Unix (documented by std);
+        // the first `count` entries each describe a readable region valid for the whole call.
+        let n = unsafe {
+            libc::pwritev(
+                fd,
+                slices.as_ptr().cast::<libc::iovec>(),
+                count as libc::c_int,
+                offset as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "segment accepted no bytes",
+            ));
+        }
+        offset += n as u64;
+        io::IoSlice::advance_slices(&mut slices, n as usize);
+    }
+    Ok(())
+}
+
 /// Opens another process's descriptor `fd` (a memfd segment) through `/proc`, read-write or
 /// read-only. Needs the same user as that process, which pool and workers always are.
 pub(crate) fn open_peer_fd(pid: i32, fd: u64, writable: bool) -> io::Result<OwnedFd> {

@@ -10,18 +10,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
 use crate::engine::chunking::{chunksize_for_len, AdaptiveChunker};
-use crate::engine::segments::{Pickled, SegmentLease};
+use crate::engine::segments::{Pickled, Pinned};
 use crate::engine::slots::{Outcome, Phase, TaskSlot};
 use crate::engine::{Engine, EngineConfig, Event, FuncDef, NewTask, WorkerSpec};
 use crate::errors::PoolError;
 use crate::posix;
 use crate::protocol::{FrameKind, FuncId, WorkerId};
+use pinned::PinnedParts;
+
+mod pinned;
 
 /// Longest stretch a blocked call stays detached before it checks for signals (Ctrl+C).
 const SIGNAL_CHECK_INTERVAL: Duration = Duration::from_millis(50);
@@ -86,6 +89,7 @@ fn loads(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
 }
 
 static LOADS_SEGMENT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static LOADS_BUFFER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// Unpickles a task's value where it lies: from the bytes, or from a mapping of its segment.
 fn load_value<'py>(py: Python<'py>, value: &Pickled) -> PyResult<Bound<'py, PyAny>> {
@@ -94,6 +98,10 @@ fn load_value<'py>(py: Python<'py>, value: &Pickled) -> PyResult<Bound<'py, PyAn
         Pickled::Shared(lease) => LOADS_SEGMENT
             .import(py, "rpool._split", "loads_segment")?
             .call1((lease.raw_fd(), lease.len())),
+        // Results never arrive pinned; handled for completeness.
+        Pickled::Pinned(pinned) => LOADS_BUFFER
+            .import(py, "rpool._split", "loads_buffer")?
+            .call1((PyBytes::new(py, &pinned.to_vec()),)),
     }
 }
 
@@ -108,58 +116,20 @@ fn failure_factory(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     FAILURE.import(py, "rpool._remote", "outcome_to_exception")
 }
 
-/// A shared-memory segment leased for one task's payload: Python writes it through `fd`,
-/// records the length with `filled`, and hands it to `Core.submit`, which takes the segment.
-/// Dropped unsubmitted, the segment goes back to the pool.
-#[pyclass(frozen, module = "rpool._rpool")]
-pub(crate) struct SharedPayload {
-    lease: Mutex<Option<SegmentLease>>,
-    fd: RawFd,
-}
-
-#[pymethods]
-impl SharedPayload {
-    /// The parent's descriptor of the segment (valid until the task ends).
-    #[getter]
-    fn fd(&self) -> RawFd {
-        self.fd
-    }
-
-    /// Records that the first `length` bytes of the segment hold the payload.
-    fn filled(&self, length: u64) -> PyResult<()> {
-        let mut lease = self.lease.lock();
-        let lease = lease
-            .as_mut()
-            .ok_or_else(|| PyValueError::new_err("this shared payload was already submitted"))?;
-        lease.set_len(length);
-        Ok(())
-    }
-}
-
-/// A submitted payload as the engine keeps it: bytes are copied, a `SharedPayload`'s segment is
-/// taken over.
+/// A submitted payload as the engine keeps it: bytes are copied; a list of split-pickle parts
+/// (`rpool._split.SplitPickle.parts()`) is pinned and written into a segment at dispatch.
 fn pickled_payload(payload: &Bound<'_, PyAny>) -> PyResult<Pickled> {
     if let Ok(bytes) = payload.cast::<PyBytes>() {
         return Ok(Pickled::from(bytes.as_bytes().to_vec()));
     }
-    let Ok(shared) = payload.cast::<SharedPayload>() else {
+    let Ok(parts) = payload.cast::<PyList>() else {
         return Err(PyTypeError::new_err(format!(
-            "a task payload must be bytes or a SharedPayload, not {}",
+            "a task payload must be bytes or a list of split pickle parts, not {}",
             payload.get_type().name()?
         )));
     };
-    let lease = shared
-        .get()
-        .lease
-        .lock()
-        .take()
-        .ok_or_else(|| PyValueError::new_err("this shared payload was already submitted"))?;
-    if lease.is_empty() {
-        return Err(PyValueError::new_err(
-            "a shared payload must be filled before it is submitted",
-        ));
-    }
-    Ok(Pickled::Shared(Arc::new(lease)))
+    let pinned = PinnedParts::from_list(parts)?;
+    Ok(Pickled::Pinned(Pinned(Arc::new(pinned))))
 }
 
 /// One pool's engine, as seen from Python. Thread-safe: any thread may submit and wait.
@@ -237,21 +207,8 @@ impl Core {
         id
     }
 
-    /// A shared-memory segment for one task's payload, which the caller writes (a split
-    /// pickle, see `rpool._split`) and then passes to `submit` instead of bytes.
-    fn lease_segment(&self, size: u64) -> PyResult<SharedPayload> {
-        let lease = self
-            .engine
-            .lease_segment(size)
-            .map_err(|e| PyOSError::new_err(format!("rpool: no shared-memory segment: {e}")))?;
-        Ok(SharedPayload {
-            fd: lease.raw_fd(),
-            lease: Mutex::new(Some(lease)),
-        })
-    }
-
     /// Queues one task. `kind`: 1 call, 2 map chunk, 3 starmap chunk. `front`: 0 Pool, 1 executor.
-    /// `payload`: the pickle as bytes, or a filled `SharedPayload`.
+    /// `payload`: the pickle as bytes, or the parts of a split pickle (`rpool._split`).
     #[pyo3(signature = (kind, func_id, payload, notify, front, timeout=None))]
     fn submit(
         &self,

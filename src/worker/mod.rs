@@ -15,7 +15,7 @@ use pyo3::exceptions::{PyKeyError, PyOSError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
-use crate::engine::segments::SHARED_PAYLOAD_MIN;
+use crate::engine::segments::{SHARED_PAYLOAD_MIN, SPLIT_PICKLE_MAGIC};
 use crate::posix;
 use crate::protocol::{
     encode_frame, encode_header, encode_shared_frame, Frame, FrameKind, SegmentRef, LARGE_PAYLOAD,
@@ -85,6 +85,7 @@ struct Codec<'py> {
     run_map: Bound<'py, PyAny>,
     run_starmap: Bound<'py, PyAny>,
     loads_segment: Bound<'py, PyAny>,
+    loads_buffer: Bound<'py, PyAny>,
     /// Pickles a call's result: bytes, or a split pickle (`rpool._split.SplitPickle`) when it
     /// holds large buffers.
     dumps_call_result: Bound<'py, PyAny>,
@@ -100,6 +101,7 @@ impl<'py> Codec<'py> {
             run_map: codec.getattr("run_map")?,
             run_starmap: codec.getattr("run_starmap")?,
             loads_segment: codec.getattr("loads_segment")?,
+            loads_buffer: codec.getattr("loads_buffer")?,
             dumps_call_result: codec.getattr("dumps_call_result")?,
         })
     }
@@ -306,7 +308,12 @@ fn decode_payload<'py>(
     pool_pid: i32,
 ) -> PyResult<Bound<'py, PyAny>> {
     if !frame.shared {
-        return codec.loads.call1((PyBytes::new(py, &frame.payload),));
+        let payload = PyBytes::new(py, &frame.payload);
+        if frame.payload.starts_with(SPLIT_PICKLE_MAGIC) {
+            // A split pickle that found no segment when it was dispatched.
+            return codec.loads_buffer.call1((payload,));
+        }
+        return codec.loads.call1((payload,));
     }
     let segment = frame
         .segment()
