@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator
 from multiprocessing import TimeoutError as MpTimeoutError
 from typing import Any, Generic, Self, TypeVar
 
-from rpool import _aio, _cloud, _rpool
+from rpool import _cloud, _rpool
 from rpool._progress import Progress
 from rpool._remote import PROTOCOL
 from rpool._runtime import Runtime
@@ -63,6 +63,14 @@ def pickle_chunk(func: object, func_id: int, chunk: list[Any], cloud: bool = Fal
             return _cloud.chunk_payload(func, func_id, chunk)
         except Exception as error:
             raise _cloud.prefer_object_error(exc, error) from None
+
+
+def _wake_loops(wakers: Any) -> None:
+    """Wakes the event loops waiting in ``async for`` (only set once `rpool._aio` is in use;
+    it is not imported at start-up because `asyncio` costs ~40 ms to import)."""
+    from rpool._aio import wake_loops
+
+    wake_loops(wakers)
 
 
 class _ChunkEntry:
@@ -238,7 +246,7 @@ class _LazyMapState:
                 self.arrival.append((ok, value))
             self.cond.notify_all()
             if self.async_wakers:
-                _aio.wake_loops(self.async_wakers)
+                _wake_loops(self.async_wakers)
 
     def deliver_error(self, index: int, exc: BaseException) -> None:
         with self.cond:
@@ -249,7 +257,7 @@ class _LazyMapState:
             self.total = index + 1
             self.cond.notify_all()
             if self.async_wakers:
-                _aio.wake_loops(self.async_wakers)
+                _wake_loops(self.async_wakers)
         if self.progress is not None:
             self.progress.close()
 
@@ -258,7 +266,7 @@ class _LazyMapState:
             self.total = total
             self.cond.notify_all()
             if self.async_wakers:
-                _aio.wake_loops(self.async_wakers)
+                _wake_loops(self.async_wakers)
 
 
 class ChunkSink:
@@ -495,4 +503,6 @@ class IMapIterator(LazyMapIterator):
         return self
 
     def __anext__(self) -> Awaitable[Any]:
-        return _aio.imap_anext(self)
+        from rpool._aio import imap_anext  # asyncio is imported only by code that uses it
+
+        return imap_anext(self)

@@ -14,7 +14,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from rpool import _rpool
-from rpool._remote import FRONT_EXECUTOR, WorkerCodec, encode_exception
+from rpool._codec import FRONT_EXECUTOR, WorkerCodec, encode_exception
 
 
 def _take_fd(conn: Connection) -> int:
