@@ -150,7 +150,6 @@ impl WakeFd {
 }
 
 /// A new pipe (read end, write end), close-on-exec, optionally non-blocking on both ends.
-#[cfg(test)]
 pub(crate) fn pipe(nonblocking: bool) -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     let flags = libc::O_CLOEXEC | if nonblocking { libc::O_NONBLOCK } else { 0 };
