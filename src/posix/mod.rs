@@ -201,28 +201,9 @@ pub(crate) fn memfd_segment() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
-/// Writes all of `buf` at `offset` (`pwrite(2)`, retried on EINTR and short writes).
-pub(crate) fn write_all_at(fd: RawFd, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
-    while !buf.is_empty() {
-        // SAFETY: `buf` is a valid readable region of `buf.len()` bytes for the whole call.
-        let n = unsafe { libc::pwrite(fd, buf.as_ptr().cast(), buf.len(), offset as libc::off_t) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                "segment accepted no bytes",
-            ));
-        }
-        buf = &buf[n as usize..];
-        offset += n as u64;
-    }
-    Ok(())
+/// Writes all of `buf` at `offset` (retried on EINTR and short writes).
+pub(crate) fn write_all_at(fd: RawFd, buf: &[u8], offset: u64) -> io::Result<()> {
+    write_vectored_all_at(fd, &mut [io::IoSlice::new(buf)], offset)
 }
 
 /// Writes all of `slices`, in order, at `offset` (`pwritev(2)`, retried on EINTR and short
