@@ -210,3 +210,19 @@ def test_the_native_core_rejects_payloads_it_cannot_pin():
         with pytest.raises(TypeError, match="must be bytes or memoryview"):
             core.submit(1, 0, [b"ok", 12], False, 0)
         assert pool.apply(_tasks.square, (4,)) == 16
+
+
+def test_large_calls_are_submitted_as_pinned_parts_and_small_ones_as_bytes():
+    from rpool._fronts import pickle_call
+
+    big = _tasks.pattern_bytes(BIG)
+    with rpool.Pool(2) as pool:
+        runtime = pool._runtime
+        func_id = runtime.func_id(_tasks.identity)
+        parts = pickle_call(runtime, _tasks.identity, func_id, (big,), None)
+        assert isinstance(parts, list)
+        assert all(type(part) in (bytes, memoryview) for part in parts)
+        # The argument's bytes are referenced, not copied, until dispatch writes them.
+        assert any(type(p) is memoryview and p.obj is not None and len(p) == BIG for p in parts)
+        small = pickle_call(runtime, _tasks.identity, func_id, (b"small",), None)
+        assert type(small) is bytes

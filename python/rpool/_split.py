@@ -12,8 +12,10 @@ pickle:
 Each large ``bytes``/``bytearray`` found near the top of a value (a call's arguments, a result,
 the items of small tuples, lists and dicts in them) is replaced while pickling by a `_Detached`
 stand-in whose reduction hands the buffer to the pickler out of band. Its bytes are then copied
-once into the segment (one ``os.pwritev`` straight from the object) and once out of it (``bytes``
-of a view of the mapping), instead of passing through an 8 MiB intermediate pickle on each side.
+once into the segment, straight from the object (``pwritev``: by the parent's I/O thread when the
+task is dispatched, from the pinned `parts()`; by a worker from `write_to`), and once out of it
+(``os.pread`` into the new object), instead of passing through an 8 MiB intermediate pickle on
+each side.
 Objects that produce out-of-band buffers themselves (NumPy arrays under protocol 5) take the same
 route; they get a private copy of their buffer when loaded, because the segment is reused as soon
 as the value is loaded.
