@@ -14,6 +14,7 @@ import os
 import pickle
 import struct
 import threading
+import time
 from typing import Any
 
 import _tasks
@@ -226,3 +227,33 @@ def test_large_calls_are_submitted_as_pinned_parts_and_small_ones_as_bytes():
         assert any(type(p) is memoryview and p.obj is not None and len(p) == BIG for p in parts)
         small = pickle_call(runtime, _tasks.identity, func_id, (b"small",), None)
         assert type(small) is bytes
+
+
+def test_results_the_caller_loads_late_do_not_hold_back_the_others(ctx):
+    # Small arguments, large results, no callback: results wait in segments until `get()`;
+    # they must not stop the pool from granting segments for the rest.
+    with rpool.Pool(2, context=ctx) as pool:
+        results = [pool.apply_async(_tasks.build_nested_result, (BIG, i)) for i in range(12)]
+        pool.close()
+        pool.join()
+        for i, result in enumerate(results):
+            assert result.get(GET_TIMEOUT) == _tasks.build_nested_result(BIG, i)
+
+
+def test_a_slow_callback_does_not_stall_large_results(ctx):
+    # The notifier is busy in a slow callback, so large results wait for it; workers then
+    # wait a moment for a segment and send their results through the pipe instead.
+    payloads = [_tasks.pattern_bytes(BIG, seed) for seed in range(8)]
+    seen: list[int] = []
+
+    def slow_callback(value: bytes) -> None:
+        if not seen:
+            time.sleep(0.5)
+        seen.append(len(value))
+
+    with rpool.Pool(2, context=ctx) as pool:
+        results = [
+            pool.apply_async(_tasks.identity, (p,), callback=slow_callback) for p in payloads
+        ]
+        assert [r.get(GET_TIMEOUT) for r in results] == payloads
+        assert wait_until(lambda: len(seen) == len(payloads), GET_TIMEOUT)

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use super::outbox::Outbox;
-use super::segments::{Pickled, SegmentLease, SegmentPool, SHARED_PAYLOAD_MIN};
+use super::segments::{Pickled, ResultGauge, SegmentLease, SegmentPool, SHARED_PAYLOAD_MIN};
 use super::slots::{Outcome, Phase};
 use super::{Command, EngineStats, Event, Shared, Task, WorkerSpec, WorkerStats};
 use crate::posix;
@@ -83,6 +83,9 @@ struct Worker {
     busy_ns: u64,
     /// Segments this worker may write large results into (announced by `Grant` frames).
     grants: Vec<SegmentLease>,
+    /// Set once the worker has been granted segments (it handles large values): it is topped
+    /// up again whenever a waiting result is loaded.
+    wants_grants: bool,
 }
 
 impl Worker {
@@ -110,6 +113,7 @@ impl Worker {
             tasks_done: 0,
             busy_ns: 0,
             grants: Vec::new(),
+            wants_grants: false,
         }
     }
 
@@ -160,6 +164,8 @@ impl Worker {
 }
 
 struct IoLoop {
+    /// Large results waiting in segments for the parent's loader (caps result grants).
+    result_gauge: Arc<ResultGauge>,
     shared: Arc<Shared>,
     queue: VecDeque<Task>,
     workers: Vec<Worker>,
@@ -179,7 +185,9 @@ struct IoLoop {
 /// Entry point of the I/O thread. A panic inside the loop must not leave waiters hanging: it
 /// breaks the pool and fails every task the loop still knew about.
 pub(super) fn run(shared: Arc<Shared>, commands: Receiver<Command>) {
+    let wake = shared.wake.clone();
     let mut io = IoLoop {
+        result_gauge: ResultGauge::new(move || wake.wake()),
         shared: shared.clone(),
         queue: VecDeque::new(),
         workers: Vec::new(),
@@ -218,6 +226,13 @@ impl IoLoop {
                 }
             }
             self.dispatch();
+            if self.result_gauge.take_loaded() {
+                for index in 0..self.workers.len() {
+                    if self.workers[index].wants_grants {
+                        self.top_up_grants(index);
+                    }
+                }
+            }
             for index in 0..self.workers.len() {
                 self.flush_writes(index);
             }
@@ -670,7 +685,13 @@ impl IoLoop {
                     let outcome = match (frame.kind, frame.shared) {
                         (FrameKind::Ok, false) => Outcome::Value(Pickled::from(frame.payload)),
                         (FrameKind::Ok, true) => match self.take_granted(index, &frame) {
-                            Ok(lease) => {
+                            Ok(mut lease) => {
+                                if task.slot.notify {
+                                    // Loaded by the notifier as soon as it can; results the
+                                    // caller loads later are not counted (they must not stop
+                                    // grants).
+                                    lease.count_in(&self.result_gauge);
+                                }
                                 self.shared_results += 1;
                                 Outcome::Value(Pickled::Shared(Arc::new(lease)))
                             }
@@ -705,13 +726,21 @@ impl IoLoop {
         }
     }
 
-    /// Makes sure a ready worker holds [`GRANTS_PER_WORKER`] segments for large results.
+    /// Makes sure a ready worker holds [`GRANTS_PER_WORKER`] segments for large results, as
+    /// long as the results already waiting for the loader plus the grants out stay below
+    /// `GRANTS_PER_WORKER` per worker (see [`ResultGauge`]).
     fn top_up_grants(&mut self, index: usize) {
+        let cap = GRANTS_PER_WORKER * self.workers.len().max(1);
+        let mut committed = self.result_gauge.waiting()
+            + self.workers.iter().map(|w| w.grants.len()).sum::<usize>();
         let worker = &mut self.workers[index];
+        worker.wants_grants = true;
         while worker.grants.len() < GRANTS_PER_WORKER
+            && committed < cap
             && worker.task_pipe.is_some()
             && !worker.releasing
         {
+            committed += 1;
             let Ok(lease) = self.shared.segments.acquire(SHARED_PAYLOAD_MIN as u64) else {
                 return; // out of descriptors or memory: results keep using the pipe
             };

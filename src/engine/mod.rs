@@ -151,7 +151,7 @@ pub struct EngineConfig {
 
 /// State shared by API threads and the I/O thread.
 pub(crate) struct Shared {
-    pub(crate) wake: WakeFd,
+    pub(crate) wake: Arc<WakeFd>,
     pub(crate) waiters: Waiters,
     pub(crate) state: AtomicU8,
     pub(crate) broken_payload: Mutex<Option<Arc<Vec<u8>>>>,
@@ -211,7 +211,7 @@ impl Engine {
     /// Starts the I/O thread.
     pub fn start(config: EngineConfig) -> Result<Self, PoolError> {
         let shared = Arc::new(Shared {
-            wake: WakeFd::new()?,
+            wake: Arc::new(WakeFd::new()?),
             waiters: Waiters::default(),
             state: AtomicU8::new(STATE_RUNNING),
             broken_payload: Mutex::new(None),

@@ -22,7 +22,7 @@
 
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -65,6 +65,39 @@ pub struct SegmentLease {
     pool: Arc<SegmentPool>,
     /// Bytes of pickle the segment currently holds.
     len: u64,
+    /// Set for a result segment counted by a [`ResultGauge`] until it is loaded.
+    gauge: Option<Arc<ResultGauge>>,
+}
+
+/// Counts the large results that sit in segments waiting for the parent's loader (the notifier
+/// thread), and signals when one is loaded. The I/O thread grants workers new result segments
+/// only while few results wait: when the loader lags, a worker waits for a segment to come back
+/// instead of the pool creating fresh ones (fresh memory is what large values cost most here).
+pub struct ResultGauge {
+    waiting: AtomicUsize,
+    loaded_since_check: AtomicBool,
+    on_loaded: Box<dyn Fn() + Send + Sync>,
+}
+
+impl ResultGauge {
+    /// `on_loaded` runs (in the loading thread) each time a counted result is loaded.
+    pub fn new(on_loaded: impl Fn() + Send + Sync + 'static) -> Arc<Self> {
+        Arc::new(Self {
+            waiting: AtomicUsize::new(0),
+            loaded_since_check: AtomicBool::new(false),
+            on_loaded: Box::new(on_loaded),
+        })
+    }
+
+    /// Results counted and not loaded yet.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    /// Whether a result was loaded since the last call.
+    pub fn take_loaded(&self) -> bool {
+        self.loaded_since_check.swap(false, Ordering::AcqRel)
+    }
 }
 
 impl SegmentPool {
@@ -105,6 +138,7 @@ impl SegmentPool {
             segment: Some(segment),
             pool: self.clone(),
             len: 0,
+            gauge: None,
         })
     }
 
@@ -141,6 +175,14 @@ impl SegmentPool {
 }
 
 impl SegmentLease {
+    /// Counts this (result) segment in `gauge` until the lease is dropped.
+    pub fn count_in(&mut self, gauge: &Arc<ResultGauge>) {
+        if self.gauge.is_none() {
+            gauge.waiting.fetch_add(1, Ordering::AcqRel);
+            self.gauge = Some(gauge.clone());
+        }
+    }
+
     fn segment(&self) -> &Segment {
         self.segment
             .as_ref()
@@ -187,6 +229,11 @@ impl Drop for SegmentLease {
     fn drop(&mut self) {
         if let Some(segment) = self.segment.take() {
             self.pool.give_back(segment);
+        }
+        if let Some(gauge) = self.gauge.take() {
+            gauge.waiting.fetch_sub(1, Ordering::AcqRel);
+            gauge.loaded_since_check.store(true, Ordering::Release);
+            (gauge.on_loaded)();
         }
     }
 }
@@ -324,5 +371,32 @@ mod tests {
             .collect();
         drop(leases);
         assert_eq!(pool.idle(), MAX_FREE_SEGMENTS);
+    }
+
+    #[test]
+    fn gauge_counts_results_until_they_are_loaded() {
+        let pool = SegmentPool::new();
+        let wakes = Arc::new(AtomicUsize::new(0));
+        let gauge = ResultGauge::new({
+            let wakes = wakes.clone();
+            move || {
+                wakes.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        let mut first = pool.store(b"one").unwrap();
+        let mut second = pool.store(b"two").unwrap();
+        first.count_in(&gauge);
+        first.count_in(&gauge); // counted once
+        second.count_in(&gauge);
+        assert_eq!(gauge.waiting(), 2);
+        assert!(!gauge.take_loaded());
+        drop(first);
+        assert_eq!(gauge.waiting(), 1);
+        assert_eq!(wakes.load(Ordering::SeqCst), 1);
+        assert!(gauge.take_loaded());
+        assert!(!gauge.take_loaded());
+        drop(second);
+        assert_eq!(gauge.waiting(), 0);
+        assert_eq!(pool.idle(), 2);
     }
 }

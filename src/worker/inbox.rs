@@ -16,6 +16,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
@@ -54,6 +55,9 @@ struct InboxState {
     frames: VecDeque<Frame>,
     /// Granted result segments: (segment id, the parent's descriptor number).
     grants: Vec<(u64, u64)>,
+    /// Whether the parent has granted segments before (it then grants again once its loader
+    /// catches up, so waiting for a grant is worth it).
+    ever_granted: bool,
     closed: bool,
     error: Option<String>,
 }
@@ -101,9 +105,32 @@ impl Inbox {
         state.closed.then_some(Next::Closed)
     }
 
-    /// A granted segment for one large result, if the parent has granted any.
-    pub(crate) fn take_grant(&self) -> Option<(u64, u64)> {
-        self.state.lock().grants.pop()
+    /// A granted segment for one large result. A worker that has held grants before waits up
+    /// to `patience` for one (the parent holds grants back while large results wait for its
+    /// loader); otherwise, or after that, `None`: the result goes through the pipe. Call
+    /// without the GIL.
+    pub(crate) fn take_grant(&self, patience: Duration) -> Option<(u64, u64)> {
+        let deadline = Instant::now() + patience;
+        let mut state = self.state.lock();
+        loop {
+            if let Some(grant) = state.grants.pop() {
+                return Some(grant);
+            }
+            if !state.ever_granted || state.closed {
+                return None;
+            }
+            if self.cond.wait_until(&mut state, deadline).timed_out() {
+                return state.grants.pop();
+            }
+        }
+    }
+
+    fn push_grant(&self, grant: (u64, u64)) {
+        let mut state = self.state.lock();
+        state.grants.push(grant);
+        state.ever_granted = true;
+        drop(state);
+        self.cond.notify_one();
     }
 
     /// Puts back a grant that could not be used (opening or writing the segment failed), so
@@ -174,7 +201,7 @@ fn read_tasks(task_fd: RawFd, inbox: &Inbox, results: &ResultPipe) -> io::Result
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
         {
             if frame.kind == FrameKind::Grant {
-                inbox.state.lock().grants.push((frame.id, frame.aux));
+                inbox.push_grant((frame.id, frame.aux));
             } else if frame.kind == FrameKind::Steal {
                 let ids = inbox.take_back_tasks();
                 let payload: Vec<u8> = ids.iter().flat_map(|id| id.to_le_bytes()).collect();
@@ -242,13 +269,34 @@ mod tests {
             .collect();
         assert_eq!(ids, vec![2, 3]);
         // The grant went aside; the function definition stays; the stolen tasks are gone.
-        assert_eq!(inbox.take_grant(), Some((5, 77)));
-        assert_eq!(inbox.take_grant(), None);
+        assert_eq!(inbox.take_grant(Duration::ZERO), Some((5, 77)));
+        assert_eq!(inbox.take_grant(Duration::ZERO), None);
         match inbox.try_next() {
             Some(Next::Frame(frame)) => assert_eq!(frame.kind, FrameKind::DefineFunc),
             _ => panic!("expected the definition"),
         }
         drop(task_w);
         assert!(matches!(inbox.next(), Next::Closed));
+    }
+
+    #[test]
+    fn grants_are_waited_for_only_by_workers_that_had_some() {
+        let inbox = Arc::new(Inbox::default());
+        // Never granted: nothing to wait for.
+        assert_eq!(inbox.take_grant(Duration::from_millis(50)), None);
+        inbox.push_grant((1, 10));
+        assert_eq!(inbox.take_grant(Duration::ZERO), Some((1, 10)));
+        // Granted before: a grant pushed while waiting is taken.
+        let pusher = {
+            let inbox = inbox.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                inbox.push_grant((2, 20));
+            })
+        };
+        assert_eq!(inbox.take_grant(Duration::from_secs(30)), Some((2, 20)));
+        pusher.join().unwrap();
+        // And the wait ends when none comes.
+        assert_eq!(inbox.take_grant(Duration::from_millis(10)), None);
     }
 }

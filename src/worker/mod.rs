@@ -31,6 +31,11 @@ const FLUSH_AFTER: Duration = Duration::from_millis(1);
 /// Output is written once it reaches this size, whatever its age.
 const FLUSH_BYTES: usize = 256 * 1024;
 
+/// How long a worker that has held result segments waits for the parent to grant one before
+/// sending a large result through the pipe instead. The parent holds grants back only while
+/// large results wait for its loader, which takes a few ms per 8 MiB.
+const GRANT_PATIENCE: Duration = Duration::from_millis(200);
+
 /// After the parent's end of the task pipe closes, a worker still busy with a task gets this
 /// long to finish on its own before the watchdog ends the process.
 const ORPHAN_GRACE: Duration = Duration::from_millis(1000);
@@ -288,7 +293,7 @@ enum Encoded<'py> {
 /// Writes a split pickle into a segment the parent granted (its large buffers are copied
 /// straight from the result objects); `None` when no grant is left or writing failed.
 fn split_to_grant(inbox: &Inbox, pool_pid: i32, split: &Bound<'_, PyAny>) -> Option<SegmentRef> {
-    let (segment, fd) = inbox.take_grant()?;
+    let (segment, fd) = split.py().detach(|| inbox.take_grant(GRANT_PATIENCE))?;
     let written = posix::open_peer_fd(pool_pid, fd, true)
         .ok()
         .and_then(|file| {
@@ -325,7 +330,7 @@ fn plain_result<'py>(
 /// Writes a large result into a segment the parent granted; `None` (the result then goes
 /// through the pipe) when no grant is left or the segment cannot be written.
 fn write_to_grant(inbox: &Inbox, pool_pid: i32, result: &[u8]) -> Option<SegmentRef> {
-    let (segment, fd) = inbox.take_grant()?;
+    let (segment, fd) = inbox.take_grant(GRANT_PATIENCE)?;
     let written = posix::open_peer_fd(pool_pid, fd, true)
         .and_then(|file| posix::write_all_at(file.as_raw_fd(), result, 0));
     if written.is_err() {
