@@ -12,8 +12,9 @@
 //!   returns to the pool when the task ends; writing at dispatch, not at submit, means only
 //!   the tasks in flight hold segments, so they are mostly recycled ones.
 //! - **Results**: each worker holds a few *granted* segments (`Grant` frames). A large result is
-//!   written into one and announced by a shared `Ok` frame; the parent unpickles from a mapping
-//!   when the result is asked for, then the segment returns to the pool.
+//!   written into one and announced by a shared `Ok` frame; the parent loads it when the result
+//!   is asked for (or at once, by the notifier), then the segment returns to the pool. While
+//!   results the notifier will load are waiting, [`ResultGauge`] holds new grants back.
 //!
 //! Segments are recycled, not recreated: on this machine a fresh 8 MiB memfd costs ~4 ms of
 //! page allocation, a reused one ~0.7 ms to fill (README, Performance notes). Every lease returns its
