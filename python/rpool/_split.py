@@ -12,13 +12,12 @@ pickle:
 Each large ``bytes``/``bytearray`` found near the top of a value (a call's arguments, a result,
 the items of small tuples, lists and dicts in them) is replaced while pickling by a `_Detached`
 stand-in whose reduction hands the buffer to the pickler out of band. Its bytes are then copied
-once into the segment, straight from the object (``pwritev``: by the parent's I/O thread when the
-task is dispatched, from the pinned `parts()`; by a worker from `write_to`), and once out of it
-(``os.pread`` into the new object), instead of passing through an 8 MiB intermediate pickle on
-each side.
-Objects that produce out-of-band buffers themselves (NumPy arrays under protocol 5) take the same
-route; they get a private copy of their buffer when loaded, because the segment is reused as soon
-as the value is loaded.
+once into the segment, straight from the object (one ``pwritev`` of the pinned `parts()`: by the
+parent's I/O thread when the task is dispatched, by a worker for its result), and once out of
+it (``os.pread`` into the new object), instead of passing through an 8 MiB intermediate pickle
+on each side. Objects that produce out-of-band buffers themselves (NumPy arrays under protocol
+5) take the same route; they get a private copy of their buffer when loaded, because the segment
+is reused as soon as the value is loaded.
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ from __future__ import annotations
 import os
 import pickle
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from rpool import _rpool
@@ -176,21 +176,6 @@ class SplitPickle:
             written += view.nbytes
         return parts
 
-    def write_to(self, fd: int) -> int:
-        """Writes the split pickle at the start of the file `fd`; returns its length."""
-        views = [memoryview(part) for part in self.parts()]
-        offset = 0
-        while views:
-            written = os.pwritev(fd, views, offset)
-            if written <= 0:
-                raise OSError("rpool: writing a shared-memory segment made no progress")
-            offset += written
-            while views and written >= views[0].nbytes:
-                written -= views.pop(0).nbytes
-            if views and written:
-                views[0] = views[0][written:]
-        return offset
-
     def plain(self) -> bytes:
         """The value as an ordinary pickle (when no segment is available)."""
         return pickle.dumps(self.value, _PROTOCOL)
@@ -213,11 +198,27 @@ def loads_segment(fd: int, length: int) -> Any:
 
         with mmap.mmap(fd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ) as mapping:
             return pickle.loads(mapping)
+    return _loads_split(header, length, lambda size, offset: _read_exactly(fd, size, offset))
+
+
+def loads_buffer(data: bytes) -> Any:
+    """Unpickles a plain or split pickle held in memory (a split pickle that went through the
+    pipe because no segment could be had)."""
+    if not data.startswith(_MAGIC):
+        return pickle.loads(data)
+    return _loads_split(
+        data[: _HEADER.size], len(data), lambda size, offset: data[offset : offset + size]
+    )
+
+
+def _loads_split(header: bytes, length: int, read: Callable[[int, int], bytes]) -> Any:
+    """Rebuilds a split pickle of `length` bytes whose header is `header`; `read(size,
+    offset)` returns `size` bytes of it from `offset`."""
     _magic, count, _reserved, head_len = _HEADER.unpack(header)
     table_end = _HEADER.size + _ENTRY.size * count
     if table_end + head_len > length:
         raise pickle.UnpicklingError("rpool: shared-memory segment holds a truncated split pickle")
-    front = _read_exactly(fd, table_end + head_len - _HEADER.size, _HEADER.size)
+    front = read(table_end + head_len - _HEADER.size, _HEADER.size)
     buffers: list[Any] = []
     for index in range(count):
         offset, size, flags = _ENTRY.unpack_from(front, _ENTRY.size * index)
@@ -225,7 +226,7 @@ def loads_segment(fd: int, length: int) -> Any:
             raise pickle.UnpicklingError(
                 "rpool: shared-memory segment holds a truncated split pickle"
             )
-        data = _read_exactly(fd, size, offset)
+        data = read(size, offset)
         # rpool's own stand-ins rebuild `bytes` from a `bytes` without copying; anything else
         # gets a private, writable copy (the segment is reused after this load).
         buffers.append(data if flags & _COPIED_ON_LOAD else bytearray(data))
@@ -248,40 +249,3 @@ def _read_exactly(fd: int, size: int, offset: int) -> bytes:
         pieces.append(piece)
         done += len(piece)
     return b"".join(pieces)
-
-
-def loads_buffer(data: bytes) -> Any:
-    """Unpickles a plain or split pickle held in memory (a split pickle that went through the
-    pipe because no segment could be had)."""
-    if not data.startswith(_MAGIC):
-        return pickle.loads(data)
-    with memoryview(data) as whole:
-        return _loads_split(whole, len(data))
-
-
-def _loads_split(whole: memoryview, length: int) -> Any:
-    _magic, count, _reserved, head_len = _HEADER.unpack_from(whole, 0)
-    table_end = _HEADER.size + _ENTRY.size * count
-    if table_end + head_len > length:
-        raise pickle.UnpicklingError("rpool: shared-memory segment holds a truncated split pickle")
-    views: list[memoryview] = []
-    buffers: list[Any] = []
-    try:
-        for index in range(count):
-            offset, size, flags = _ENTRY.unpack_from(whole, _HEADER.size + _ENTRY.size * index)
-            if offset + size > length:
-                raise pickle.UnpicklingError(
-                    "rpool: shared-memory segment holds a truncated split pickle"
-                )
-            view = whole[offset : offset + size]
-            views.append(view)
-            # rpool's own stand-ins copy the view when rebuilt; anything else keeps what it is
-            # given, so it gets a private copy (the segment is reused after this load).
-            buffers.append(view if flags & _COPIED_ON_LOAD else bytearray(view))
-        head = whole[table_end : table_end + head_len]
-        views.append(head)
-        return pickle.loads(head, buffers=buffers)
-    finally:
-        buffers.clear()
-        for view in views:
-            view.release()

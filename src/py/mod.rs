@@ -24,7 +24,7 @@ use crate::posix;
 use crate::protocol::{FrameKind, FuncId, WorkerId};
 use pinned::PinnedParts;
 
-mod pinned;
+pub(crate) mod pinned;
 
 /// Longest stretch a blocked call stays detached before it checks for signals (Ctrl+C).
 const SIGNAL_CHECK_INTERVAL: Duration = Duration::from_millis(50);

@@ -1,6 +1,7 @@
 //! Pinned parts of a split pickle (`rpool._split.SplitPickle.parts()`): Python buffers whose
-//! memory the engine writes into a shared-memory segment later, from its I/O thread, without
-//! the GIL. Owns the one place where a Python buffer's address outlives the call that got it.
+//! memory is written into a shared-memory segment without the GIL, by the parent's I/O thread
+//! (a task's arguments, at dispatch) or by a worker (its result). Owns the one place where a
+//! Python buffer's address outlives the call that got it.
 
 use std::io::IoSlice;
 

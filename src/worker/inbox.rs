@@ -209,13 +209,7 @@ fn read_tasks(task_fd: RawFd, inbox: &Inbox, results: &ResultPipe) -> io::Result
                 encode_frame(&mut out, FrameKind::Returned, 0, ids.len() as u64, &payload);
                 results.write_parts(&[&out])?;
             } else {
-                let last = frame.kind == FrameKind::Shutdown;
                 inbox.push(frame);
-                if last {
-                    // Nothing follows a shutdown: end this thread now rather than leave it
-                    // blocked in `read` for the process exit to tear down.
-                    return Ok(());
-                }
             }
         }
     }

@@ -7,19 +7,21 @@
 //! `fork` the parent's locks and threads are not usable here.
 
 use std::collections::HashMap;
+use std::io::IoSlice;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyKeyError, PyOSError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
-use crate::engine::segments::{SHARED_PAYLOAD_MIN, SPLIT_PICKLE_MAGIC};
+use crate::engine::segments::{PinnedBuffers, SHARED_PAYLOAD_MIN, SPLIT_PICKLE_MAGIC};
 use crate::posix;
 use crate::protocol::{
     encode_frame, encode_header, encode_shared_frame, Frame, FrameKind, SegmentRef, LARGE_PAYLOAD,
 };
+use crate::py::pinned::PinnedParts;
 
 mod inbox;
 use inbox::{Inbox, Next, ResultPipe};
@@ -232,7 +234,7 @@ pub(crate) fn worker_loop(
                 let result = payload.as_ref().map_or(&[][..], |bytes| bytes.as_bytes());
                 let segment = match segment {
                     None if ok && result.len() >= SHARED_PAYLOAD_MIN => {
-                        py.detach(|| write_to_grant(&inbox, pool_pid, result))
+                        py.detach(|| write_to_grant(&inbox, pool_pid, &mut [IoSlice::new(result)]))
                     }
                     segment => segment,
                 };
@@ -290,23 +292,18 @@ enum Encoded<'py> {
     Split(Bound<'py, PyAny>),
 }
 
-/// Writes a split pickle into a segment the parent granted (its large buffers are copied
-/// straight from the result objects); `None` when no grant is left or writing failed.
+/// Writes a split pickle into a segment the parent granted: its parts are pinned and written
+/// with one `pwritev` straight from the result objects, without the GIL. `None` when no grant
+/// is left or writing failed.
 fn split_to_grant(inbox: &Inbox, pool_pid: i32, split: &Bound<'_, PyAny>) -> Option<SegmentRef> {
-    let (segment, fd) = split.py().detach(|| inbox.take_grant(GRANT_PATIENCE))?;
-    let written = posix::open_peer_fd(pool_pid, fd, true)
-        .ok()
-        .and_then(|file| {
-            split
-                .call_method1("write_to", (file.as_raw_fd(),))
-                .and_then(|written| written.extract::<u64>())
-                .ok()
-        });
-    let Some(len) = written else {
-        inbox.return_grant((segment, fd));
-        return None;
-    };
-    Some(SegmentRef { segment, fd, len })
+    let parts = split
+        .call_method0("parts")
+        .and_then(|parts| Ok(parts.cast_into::<PyList>()?))
+        .and_then(|parts| PinnedParts::from_list(&parts))
+        .ok()?;
+    split
+        .py()
+        .detach(|| write_to_grant(inbox, pool_pid, &mut parts.slices()))
 }
 
 /// A split result as an ordinary pickle, for the pipe (no grant was left).
@@ -327,21 +324,19 @@ fn plain_result<'py>(
     }
 }
 
-/// Writes a large result into a segment the parent granted; `None` (the result then goes
-/// through the pipe) when no grant is left or the segment cannot be written.
-fn write_to_grant(inbox: &Inbox, pool_pid: i32, result: &[u8]) -> Option<SegmentRef> {
+/// Writes a large result (`slices`, in order) into a segment the parent granted; `None` (the
+/// result then goes through the pipe) when no grant is left or the segment cannot be written.
+/// Call without the GIL.
+fn write_to_grant(inbox: &Inbox, pool_pid: i32, slices: &mut [IoSlice<'_>]) -> Option<SegmentRef> {
     let (segment, fd) = inbox.take_grant(GRANT_PATIENCE)?;
+    let len = slices.iter().map(|slice| slice.len() as u64).sum();
     let written = posix::open_peer_fd(pool_pid, fd, true)
-        .and_then(|file| posix::write_all_at(file.as_raw_fd(), result, 0));
+        .and_then(|file| posix::write_vectored_all_at(file.as_raw_fd(), slices, 0));
     if written.is_err() {
         inbox.return_grant((segment, fd));
         return None;
     }
-    Some(SegmentRef {
-        segment,
-        fd,
-        len: result.len() as u64,
-    })
+    Some(SegmentRef { segment, fd, len })
 }
 
 /// Unpickles a task's payload: inline bytes, or a segment of the pool's process mapped here.
