@@ -263,6 +263,85 @@ pub(crate) fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// Forks the test process: `Ok(0)` in the child, the child's pid in the parent. Test-only;
+/// the child must leave through [`exit_now`].
+#[cfg(test)]
+pub(crate) fn fork_for_test() -> io::Result<i32> {
+    // SAFETY: fork has no memory-safety preconditions; the test child only uses the Rust
+    // objects it was handed and ends with _exit.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(pid)
+}
+
+/// Waits up to `limit` for child `pid` to exit; its exit code, or `None` (then it is killed
+/// and reaped). Test-only.
+#[cfg(test)]
+pub(crate) fn wait_child_for_test(pid: i32, limit: std::time::Duration) -> Option<i32> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let mut status = 0;
+        // SAFETY: `status` is a valid out pointer for the duration of the call.
+        let done = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if done == pid {
+            return Some(if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                -1
+            });
+        }
+        if done < 0 || std::time::Instant::now() >= deadline {
+            let _ = kill(pid, libc::SIGKILL);
+            // SAFETY: as above; reaps the killed child.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Runs `while_held` on a new thread while this process's parking_lot table has the bucket of
+/// `key` locked (inside the validate step of a park on `key`), as a parent's engine thread may
+/// at the moment a worker is forked. Test-only.
+#[cfg(test)]
+pub(crate) fn with_parking_bucket_held<T: Send + 'static>(
+    key: usize,
+    while_held: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let validate = || {
+            let _ = held_tx.send(());
+            let _ = done_rx.recv(); // std channel: never re-enters parking_lot
+            false // do not actually park
+        };
+        // SAFETY: the callbacks neither panic nor call into parking_lot, and `key` is only
+        // used as a hash input here (nobody unparks it).
+        unsafe {
+            parking_lot_core::park(
+                key,
+                validate,
+                || {},
+                |_, _| {},
+                parking_lot_core::DEFAULT_PARK_TOKEN,
+                None,
+            );
+        }
+    });
+    let _ = held_rx.recv();
+    let owner = current_pid();
+    let result = while_held();
+    if current_pid() != owner {
+        return result; // `while_held` forked and this is the child: the holder is not here
+    }
+    let _ = done_tx.send(());
+    let _ = holder.join();
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

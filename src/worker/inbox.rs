@@ -10,15 +10,20 @@
 //!
 //! `Grant` frames (segments the worker may write large results into) are also taken by the
 //! reader thread, so a grant is usable at once even when many tasks are queued ahead of it.
+//!
+//! Locks here are `std::sync`, not `parking_lot`: a forked worker inherits parking_lot's
+//! process-wide table of parked threads as it was at the moment of `fork`, including bucket
+//! locks that a parent thread (the I/O thread, the notifier) held just then. The worker's first
+//! condvar wait could then block forever (seen as a worker that never took its first task when
+//! the parent forked while its engine threads were busy). std's futex-based mutex and condvar
+//! keep no process-wide state.
 #![forbid(unsafe_code)]
 
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
-
-use parking_lot::{Condvar, Mutex};
 
 use crate::posix;
 use crate::protocol::{encode_frame, Frame, FrameKind, FrameReader};
@@ -42,7 +47,8 @@ impl ResultPipe {
 
     /// Writes the parts back to back as one unit.
     pub(crate) fn write_parts(&self, parts: &[&[u8]]) -> io::Result<()> {
-        let _guard = self.lock.lock();
+        // A panic while writing leaves nothing half-updated in `()`: poisoning is ignored.
+        let _guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
         for part in parts {
             posix::write_all(self.fd, part)?;
         }
@@ -78,20 +84,29 @@ pub(crate) enum Next {
 }
 
 impl Inbox {
+    /// The state, also after a panic elsewhere: every update of it is a single push/pop/flag,
+    /// so a poisoned lock still guards consistent data.
+    fn lock(&self) -> MutexGuard<'_, InboxState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The next frame if one is queued, without waiting.
     pub(crate) fn try_next(&self) -> Option<Next> {
-        let mut state = self.state.lock();
+        let mut state = self.lock();
         Self::take(&mut state)
     }
 
     /// Waits for the next frame (call without the GIL).
     pub(crate) fn next(&self) -> Next {
-        let mut state = self.state.lock();
+        let mut state = self.lock();
         loop {
             if let Some(next) = Self::take(&mut state) {
                 return next;
             }
-            self.cond.wait(&mut state);
+            state = self
+                .cond
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
         }
     }
 
@@ -111,7 +126,7 @@ impl Inbox {
     /// without the GIL.
     pub(crate) fn take_grant(&self, patience: Duration) -> Option<(u64, u64)> {
         let deadline = Instant::now() + patience;
-        let mut state = self.state.lock();
+        let mut state = self.lock();
         loop {
             if let Some(grant) = state.grants.pop() {
                 return Some(grant);
@@ -119,14 +134,20 @@ impl Inbox {
             if !state.ever_granted || state.closed {
                 return None;
             }
-            if self.cond.wait_until(&mut state, deadline).timed_out() {
-                return state.grants.pop();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
             }
+            state = self
+                .cond
+                .wait_timeout(state, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 
     fn push_grant(&self, grant: (u64, u64)) {
-        let mut state = self.state.lock();
+        let mut state = self.lock();
         state.grants.push(grant);
         state.ever_granted = true;
         drop(state);
@@ -136,16 +157,16 @@ impl Inbox {
     /// Puts back a grant that could not be used (opening or writing the segment failed), so
     /// the parent's segment is not stranded with this worker.
     pub(crate) fn return_grant(&self, grant: (u64, u64)) {
-        self.state.lock().grants.push(grant);
+        self.lock().grants.push(grant);
     }
 
     fn push(&self, frame: Frame) {
-        self.state.lock().frames.push_back(frame);
+        self.lock().frames.push_back(frame);
         self.cond.notify_one();
     }
 
     fn finish(&self, error: Option<String>) {
-        let mut state = self.state.lock();
+        let mut state = self.lock();
         state.closed = true;
         state.error = error;
         drop(state);
@@ -154,7 +175,7 @@ impl Inbox {
 
     /// Removes every queued task frame (not started by the main loop) and returns their ids.
     fn take_back_tasks(&self) -> Vec<u64> {
-        let mut state = self.state.lock();
+        let mut state = self.lock();
         let mut ids = Vec::new();
         state.frames.retain(|frame| {
             let is_task = matches!(
@@ -240,7 +261,7 @@ mod tests {
             _ => panic!("expected task 1"),
         }
         // Wait until the reader has queued the rest, then steal.
-        while inbox.state.lock().frames.len() < 3 {
+        while inbox.lock().frames.len() < 3 {
             std::thread::yield_now();
         }
         let mut steal = Vec::new();
@@ -292,5 +313,28 @@ mod tests {
         pusher.join().unwrap();
         // And the wait ends when none comes.
         assert_eq!(inbox.take_grant(Duration::from_millis(10)), None);
+    }
+
+    #[test]
+    fn inbox_waits_in_a_child_forked_while_a_parent_thread_holds_a_parking_bucket() {
+        let inbox = Arc::new(Inbox::default());
+        inbox.push_grant((1, 10));
+        assert_eq!(inbox.take_grant(Duration::ZERO), Some((1, 10))); // now `ever_granted`
+                                                                     // The bucket a parking_lot condvar at this address would use is locked at fork time.
+        let key = &inbox.cond as *const Condvar as usize;
+        let pid = posix::with_parking_bucket_held(key, || posix::fork_for_test().unwrap());
+        if pid == 0 {
+            // A timed wait on the inbox's condvar: it must time out, not block for good.
+            let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                inbox.take_grant(Duration::from_millis(20))
+            }));
+            posix::exit_now(if matches!(waited, Ok(None)) { 0 } else { 3 });
+        }
+        let outcome = posix::wait_child_for_test(pid, Duration::from_secs(5));
+        assert_eq!(
+            outcome,
+            Some(0),
+            "the forked child's wait on the inbox never returned"
+        );
     }
 }

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyKeyError, PyOSError};
@@ -57,7 +57,7 @@ pub(crate) fn prepare_worker(task_fd: RawFd, expected_parent: i32) -> PyResult<(
         .name("rpool-watchdog".into())
         .spawn(move || watch_parent(task_fd, stop_read))
         .map_err(|e| PyOSError::new_err(e.to_string()))?;
-    *WATCHDOG.lock() = Some(Watchdog {
+    *WATCHDOG.lock().unwrap_or_else(PoisonError::into_inner) = Some(Watchdog {
         stop: stop_write,
         thread,
     });
@@ -70,7 +70,8 @@ struct Watchdog {
     thread: std::thread::JoinHandle<()>,
 }
 
-static WATCHDOG: parking_lot::Mutex<Option<Watchdog>> = parking_lot::Mutex::new(None);
+/// `std::sync::Mutex`, not parking_lot's, for the reason given in `inbox.rs` (fork).
+static WATCHDOG: Mutex<Option<Watchdog>> = Mutex::new(None);
 
 /// Ends the watchdog when the loop returns: the process is about to exit by itself, and a
 /// thread still blocked in `poll` makes that exit ~0.5–1 ms slower (measured on pool shutdown).
@@ -78,7 +79,11 @@ struct WatchdogStopper;
 
 impl Drop for WatchdogStopper {
     fn drop(&mut self) {
-        let Some(watchdog) = WATCHDOG.lock().take() else {
+        let Some(watchdog) = WATCHDOG
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        else {
             return;
         };
         if posix::write_all(watchdog.stop.as_raw_fd(), &[1]).is_ok() {
