@@ -42,3 +42,17 @@ def test_executor_futures_behind_a_blocked_task_complete(ctx, tmp_path):
         assert not blocker.done()
         release(gate)
         blocker.result(timeout=GET_TIMEOUT)
+
+
+@pytest.mark.timeout(60)
+def test_slow_tasks_after_fast_ones_are_shared_by_both_workers(ctx):
+    # One worker has measured a microsecond task, so the pool believes it can queue hundreds
+    # on it; the tasks that follow take 30 ms each. Both workers must end up running a fair
+    # part of them: before the fix one worker could take almost all of them and, since none
+    # of its tasks ever ran long, nothing was taken back while the other worker idled.
+    with rpool.Pool(2, context=ctx) as pool:
+        assert pool.apply(_tasks.square, (3,)) == 9
+        assert pool.map(_tasks.sleep_and_return, [0.03] * 40, chunksize=1) == [None] * 40
+        done = [w.tasks_done for w in pool.stats().workers]  # 41 tasks in all
+    assert len(done) == 2
+    assert min(done) >= 12, done

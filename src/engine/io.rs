@@ -35,8 +35,9 @@ const SLOW_FRONT_FACTOR: f64 = 10.0;
 const SLOW_FRONT_MIN: Duration = Duration::from_millis(2);
 
 /// A worker whose current task has run this long (and at least `SLOW_FRONT_FACTOR` times its
-/// average) while another worker idles with nothing queued is asked to give back the tasks
-/// waiting behind the slow one.
+/// average), or whose waiting tasks add up to this long at its measured pace, is asked to give
+/// them back while another worker idles with nothing queued. Below it, the round trip of a
+/// steal is not worth it.
 const STEAL_AFTER: Duration = Duration::from_millis(5);
 
 /// Bytes read per `read` call at least; a burst of small results arrives in one call.
@@ -131,7 +132,17 @@ impl Worker {
     /// only gets tasks queued behind its current one when the queue is deep (so no other worker
     /// will want them soon) and its current task is not already running long: a task waiting
     /// behind a slow one in a pipe cannot be taken back.
-    fn accepts_tasks(&self, quota: Option<u64>, queue_len: usize, target_workers: usize) -> bool {
+    ///
+    /// `fair_share` caps what a busy worker holds at its part of all outstanding tasks: its
+    /// measured task time may come from another, much faster function, and tasks queued in its
+    /// pipe cannot go to a worker that becomes free.
+    fn accepts_tasks(
+        &self,
+        quota: Option<u64>,
+        queue_len: usize,
+        target_workers: usize,
+        fair_share: usize,
+    ) -> bool {
         if self.task_pipe.is_none()
             || self.exited
             || self.releasing
@@ -142,7 +153,7 @@ impl Worker {
         if self.in_flight.is_empty() {
             return true;
         }
-        if queue_len < target_workers || self.in_flight.len() >= self.room() {
+        if queue_len < target_workers || self.in_flight.len() >= self.room().min(fair_share) {
             return false;
         }
         let expected_ns = self.task_ns_ewma.unwrap_or(0.0);
@@ -349,11 +360,13 @@ impl IoLoop {
                 }
             }
             let queue_len = self.queue.len();
+            let held: usize = self.workers.iter().map(|w| w.in_flight.len()).sum();
+            let fair_share = (queue_len + held).div_ceil(target_workers);
             let choice = self
                 .workers
                 .iter()
                 .enumerate()
-                .filter(|(_, w)| w.accepts_tasks(quota, queue_len, target_workers))
+                .filter(|(_, w)| w.accepts_tasks(quota, queue_len, target_workers, fair_share))
                 .min_by_key(|(_, w)| w.in_flight.len())
                 .map(|(index, _)| index);
             let Some(index) = choice else { break };
@@ -408,7 +421,7 @@ impl IoLoop {
         let idle = self
             .workers
             .iter()
-            .filter(|w| w.ready && w.in_flight.is_empty() && w.accepts_tasks(quota, 0, 0))
+            .filter(|w| w.ready && w.in_flight.is_empty() && w.accepts_tasks(quota, 0, 0, 0))
             .count();
         if idle == 0 {
             return;
@@ -921,15 +934,24 @@ fn steal_patience(worker: &Worker) -> Duration {
     Duration::from_nanos(expected_ns as u64).max(STEAL_AFTER)
 }
 
+/// A worker gives back its unstarted tasks to an idle one when its current task has run long,
+/// or when the tasks waiting behind it are, at its measured pace, worth `STEAL_AFTER` or more.
 fn steal_eligible(worker: &Worker, now: Instant) -> bool {
-    worker.in_flight.len() >= 2
+    let waiting = worker.in_flight.len().saturating_sub(1);
+    waiting >= 1
         && !worker.steal_pending
         && !worker.exited
         && !worker.releasing
         && worker.task_pipe.is_some()
-        && worker
+        && (worker
             .front_started
             .is_some_and(|started| now.duration_since(started) >= steal_patience(worker))
+            || backlog_worth_stealing(waiting, worker.task_ns_ewma))
+}
+
+/// Whether `waiting` tasks of `task_ns` each add up to at least `STEAL_AFTER`.
+fn backlog_worth_stealing(waiting: usize, task_ns: Option<f64>) -> bool {
+    task_ns.is_some_and(|ns| waiting as f64 * ns >= STEAL_AFTER.as_nanos() as f64)
 }
 
 fn front_deadline(worker: &Worker) -> Option<Instant> {
