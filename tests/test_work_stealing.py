@@ -1,6 +1,8 @@
 """Work stealing: tasks queued on a worker behind a slow task are taken back and run elsewhere
 instead of waiting for the slow task (the stdlib's shared queue never has that problem)."""
 
+from concurrent.futures import FIRST_COMPLETED, wait
+
 import _tasks
 import pytest
 import rpool
@@ -56,3 +58,28 @@ def test_slow_tasks_after_fast_ones_are_shared_by_both_workers(ctx):
         done = [w.tasks_done for w in pool.stats().workers]  # 41 tasks in all
     assert len(done) == 2
     assert min(done) >= 12, done
+
+
+@pytest.mark.timeout(60)
+def test_a_finished_result_does_not_wait_for_the_next_task(ctx):
+    # One worker that has only seen quick tasks gets a quick and a slow one back to back. The
+    # quick result used to sit in the worker's output buffer until the slow task finished.
+    with rpool.Pool(1, context=ctx) as pool:
+        assert pool.map(_tasks.square, range(200), chunksize=1) == [i * i for i in range(200)]
+        quick = pool.apply_async(_tasks.square, (7,))
+        slow = pool.apply_async(_tasks.sleep_and_return, (5.0, "slow"))
+        assert quick.get(timeout=2.5) == 49
+        assert not slow.ready()
+        assert slow.get(timeout=GET_TIMEOUT) == "slow"
+
+
+@pytest.mark.timeout(60)
+def test_executor_reports_a_quick_future_while_a_slow_one_runs(ctx):
+    with rpool.ProcessPoolExecutor(1, mp_context=ctx) as ex:
+        assert list(ex.map(_tasks.square, range(200), chunksize=1)) == [i * i for i in range(200)]
+        quick = ex.submit(_tasks.square, 8)
+        slow = ex.submit(_tasks.sleep_and_return, 5.0, "slow")
+        done, _ = wait([quick, slow], timeout=2.5, return_when=FIRST_COMPLETED)
+        assert done == {quick}
+        assert quick.result() == 64
+        assert slow.result(timeout=GET_TIMEOUT) == "slow"

@@ -25,36 +25,12 @@ use std::os::fd::RawFd;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use super::results::ResultPipe;
 use crate::posix;
 use crate::protocol::{encode_frame, Frame, FrameKind, FrameReader};
 
 /// Bytes requested per read of the task pipe.
 const READ_CHUNK: usize = 256 * 1024;
-
-/// The result pipe; writes from the main loop and the reader thread never interleave.
-pub(crate) struct ResultPipe {
-    fd: RawFd,
-    lock: Mutex<()>,
-}
-
-impl ResultPipe {
-    pub(crate) fn new(fd: RawFd) -> Self {
-        Self {
-            fd,
-            lock: Mutex::new(()),
-        }
-    }
-
-    /// Writes the parts back to back as one unit.
-    pub(crate) fn write_parts(&self, parts: &[&[u8]]) -> io::Result<()> {
-        // A panic while writing leaves nothing half-updated in `()`: poisoning is ignored.
-        let _guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
-        for part in parts {
-            posix::write_all(self.fd, part)?;
-        }
-        Ok(())
-    }
-}
 
 #[derive(Default)]
 struct InboxState {

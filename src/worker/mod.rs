@@ -24,14 +24,9 @@ use crate::protocol::{
 use crate::py::pinned::PinnedParts;
 
 mod inbox;
-use inbox::{Inbox, Next, ResultPipe};
-
-/// Results wait in the output buffer at most this long before they are written, so a burst of
-/// tiny tasks shares one `write` while a slow task's result still leaves promptly.
-const FLUSH_AFTER: Duration = Duration::from_millis(1);
-
-/// Output is written once it reaches this size, whatever its age.
-const FLUSH_BYTES: usize = 256 * 1024;
+mod results;
+use inbox::{Inbox, Next};
+use results::{ResultPipe, FLUSH_AFTER, FLUSH_BYTES};
 
 /// How long a worker that has held result segments waits for the parent to grant one before
 /// sending a large result through the pipe instead. The parent holds grants back only while
@@ -176,22 +171,20 @@ pub(crate) fn worker_loop(
     let codec = Codec::new(codec)?;
     let io_err = |e: std::io::Error| PyOSError::new_err(format!("rpool worker pipe: {e}"));
     let results = Arc::new(ResultPipe::new(result_fd));
+    let _stop_flusher_on_return = FlusherStopper(results.clone());
     let inbox = Arc::new(Inbox::default());
-    let mut out = Vec::with_capacity(64 * 1024);
     let mut funcs: HashMap<u64, CachedFunc> = HashMap::new();
     let mut done: u64 = 0;
     let pid = posix::current_pid() as u64;
-    encode_frame(&mut out, FrameKind::Ready, 0, pid, b"");
-    flush(py, &results, &mut out).map_err(io_err)?;
+    results.buffer(|out| encode_frame(out, FrameKind::Ready, 0, pid, b""));
+    flush(py, &results).map_err(io_err)?;
     inbox::start_reader(task_fd, inbox.clone(), results.clone()).map_err(io_err)?;
-    let mut oldest_unflushed: Option<Instant> = None;
     loop {
         let next = match inbox.try_next() {
             Some(next) => next,
             None => {
                 // Nothing queued: send what is buffered, then wait without the GIL.
-                flush(py, &results, &mut out).map_err(io_err)?;
-                oldest_unflushed = None;
+                flush(py, &results).map_err(io_err)?;
                 let inbox = inbox.clone();
                 py.detach(move || inbox.next())
             }
@@ -199,7 +192,7 @@ pub(crate) fn worker_loop(
         let frame = match next {
             Next::Frame(frame) => frame,
             Next::Closed => {
-                flush(py, &results, &mut out).map_err(io_err)?;
+                flush(py, &results).map_err(io_err)?;
                 return Ok(());
             }
             Next::Failed(message) => {
@@ -217,9 +210,13 @@ pub(crate) fn worker_loop(
                 funcs.insert(frame.id, func);
             }
             FrameKind::Call | FrameKind::Map | FrameKind::StarMap => {
-                if oldest_unflushed.is_some_and(|t| t.elapsed() >= FLUSH_AFTER) {
-                    flush(py, &results, &mut out).map_err(io_err)?;
-                    oldest_unflushed = None;
+                match results.buffered_since() {
+                    Some(since) if since.elapsed() >= FLUSH_AFTER => {
+                        flush(py, &results).map_err(io_err)?;
+                    }
+                    // This task may run long: results buffered before it must not wait for it.
+                    Some(_) => results.keep_flushing().map_err(io_err)?,
+                    None => {}
                 }
                 let started = Instant::now();
                 let encoded = run_task(py, &codec, &funcs, &frame, pool_pid)?;
@@ -243,31 +240,30 @@ pub(crate) fn worker_loop(
                     }
                     segment => segment,
                 };
-                if let Some(segment) = segment {
-                    encode_shared_frame(&mut out, kind, frame.id, elapsed_ns, segment);
+                let buffered = if let Some(segment) = segment {
+                    results
+                        .buffer(|out| encode_shared_frame(out, kind, frame.id, elapsed_ns, segment))
                 } else if result.len() >= LARGE_PAYLOAD {
-                    // Written straight from the pickle's buffer: no copy into `out`.
-                    flush(py, &results, &mut out).map_err(io_err)?;
+                    // Written straight from the pickle's buffer (after what is buffered): no copy.
                     let header = encode_header(kind, frame.id, elapsed_ns, result.len());
                     py.detach(|| results.write_parts(&[&header, result]))
                         .map_err(io_err)?;
+                    0
                 } else {
-                    encode_frame(&mut out, kind, frame.id, elapsed_ns, result);
-                }
-                oldest_unflushed.get_or_insert(started);
+                    results.buffer(|out| encode_frame(out, kind, frame.id, elapsed_ns, result))
+                };
                 done += 1;
                 let finished = max_tasks.is_some_and(|limit| done >= limit);
                 let shared = segment.is_some();
-                if finished || shared || elapsed >= FLUSH_AFTER || out.len() >= FLUSH_BYTES {
-                    flush(py, &results, &mut out).map_err(io_err)?;
-                    oldest_unflushed = None;
+                if finished || shared || elapsed >= FLUSH_AFTER || buffered >= FLUSH_BYTES {
+                    flush(py, &results).map_err(io_err)?;
                 }
                 if finished {
                     return Ok(());
                 }
             }
             FrameKind::Shutdown => {
-                flush(py, &results, &mut out).map_err(io_err)?;
+                flush(py, &results).map_err(io_err)?;
                 return Ok(());
             }
             other => {
@@ -279,15 +275,17 @@ pub(crate) fn worker_loop(
     }
 }
 
-fn flush(py: Python<'_>, results: &ResultPipe, out: &mut Vec<u8>) -> std::io::Result<()> {
-    if out.is_empty() {
-        return Ok(());
+fn flush(py: Python<'_>, results: &ResultPipe) -> std::io::Result<()> {
+    py.detach(|| results.flush())
+}
+
+/// Stops the result flusher thread when the loop returns (the process is about to exit).
+struct FlusherStopper(Arc<ResultPipe>);
+
+impl Drop for FlusherStopper {
+    fn drop(&mut self) {
+        self.0.stop_flusher();
     }
-    let bytes = std::mem::take(out);
-    let outcome = py.detach(|| results.write_parts(&[&bytes]));
-    *out = bytes;
-    out.clear();
-    outcome
 }
 
 /// A task's pickled value: bytes, or a split pickle still to be written.
