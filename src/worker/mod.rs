@@ -176,7 +176,7 @@ pub(crate) fn worker_loop(
     let mut funcs: HashMap<u64, CachedFunc> = HashMap::new();
     let mut done: u64 = 0;
     let pid = posix::current_pid() as u64;
-    results.buffer(|out| encode_frame(out, FrameKind::Ready, 0, pid, b""));
+    results.buffer(&|out| encode_frame(out, FrameKind::Ready, 0, pid, b""));
     flush(py, &results).map_err(io_err)?;
     inbox::start_reader(task_fd, inbox.clone(), results.clone()).map_err(io_err)?;
     loop {
@@ -210,7 +210,7 @@ pub(crate) fn worker_loop(
                 funcs.insert(frame.id, func);
             }
             FrameKind::Call | FrameKind::Map | FrameKind::StarMap => {
-                match results.buffered_since() {
+                match buffered_since(py, &results) {
                     Some(since) if since.elapsed() >= FLUSH_AFTER => {
                         flush(py, &results).map_err(io_err)?;
                     }
@@ -241,8 +241,9 @@ pub(crate) fn worker_loop(
                     segment => segment,
                 };
                 let buffered = if let Some(segment) = segment {
-                    results
-                        .buffer(|out| encode_shared_frame(out, kind, frame.id, elapsed_ns, segment))
+                    buffer_frames(py, &results, &|out| {
+                        encode_shared_frame(out, kind, frame.id, elapsed_ns, segment)
+                    })
                 } else if result.len() >= LARGE_PAYLOAD {
                     // Written straight from the pickle's buffer (after what is buffered): no copy.
                     let header = encode_header(kind, frame.id, elapsed_ns, result.len());
@@ -250,7 +251,9 @@ pub(crate) fn worker_loop(
                         .map_err(io_err)?;
                     0
                 } else {
-                    results.buffer(|out| encode_frame(out, kind, frame.id, elapsed_ns, result))
+                    buffer_frames(py, &results, &|out| {
+                        encode_frame(out, kind, frame.id, elapsed_ns, result)
+                    })
                 };
                 done += 1;
                 let finished = max_tasks.is_some_and(|limit| done >= limit);
@@ -277,6 +280,24 @@ pub(crate) fn worker_loop(
 
 fn flush(py: Python<'_>, results: &ResultPipe) -> std::io::Result<()> {
     py.detach(|| results.flush())
+}
+
+/// Appends result frames; waits for the buffer without the GIL if the flusher is writing.
+fn buffer_frames(
+    py: Python<'_>,
+    results: &ResultPipe,
+    encode: &(dyn Fn(&mut Vec<u8>) + Sync),
+) -> usize {
+    results
+        .try_buffer(encode)
+        .unwrap_or_else(|| py.detach(|| results.buffer(encode)))
+}
+
+/// Since when results are buffered; waits without the GIL if the flusher is writing.
+fn buffered_since(py: Python<'_>, results: &ResultPipe) -> Option<Instant> {
+    results
+        .try_buffered_since()
+        .unwrap_or_else(|| py.detach(|| results.buffered_since()))
 }
 
 /// Stops the result flusher thread when the loop returns (the process is about to exit).

@@ -13,7 +13,7 @@
 
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -85,9 +85,16 @@ impl ResultPipe {
         outcome
     }
 
-    /// Appends frames (written by `encode`) to the buffer; returns the buffered size.
-    pub(crate) fn buffer(&self, encode: impl FnOnce(&mut Vec<u8>)) -> usize {
-        let mut pending = self.lock();
+    /// The buffer if no other thread holds it right now (the flusher may be writing).
+    fn try_lock(&self) -> Option<MutexGuard<'_, Pending>> {
+        match self.pending.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    fn append(&self, pending: &mut Pending, encode: &dyn Fn(&mut Vec<u8>)) -> usize {
         encode(&mut pending.buf);
         if pending.since.is_none() && !pending.buf.is_empty() {
             pending.since = Some(Instant::now());
@@ -98,9 +105,27 @@ impl ResultPipe {
         pending.buf.len()
     }
 
-    /// Whether frames are buffered, and since when.
+    /// Appends frames (written by `encode`) to the buffer; returns the buffered size.
+    pub(crate) fn buffer(&self, encode: &dyn Fn(&mut Vec<u8>)) -> usize {
+        let mut pending = self.lock();
+        self.append(&mut pending, encode)
+    }
+
+    /// Like [`ResultPipe::buffer`], but `None` instead of waiting while the flusher writes
+    /// (callers holding the GIL then wait without it).
+    pub(crate) fn try_buffer(&self, encode: &dyn Fn(&mut Vec<u8>)) -> Option<usize> {
+        let mut pending = self.try_lock()?;
+        Some(self.append(&mut pending, encode))
+    }
+
+    /// Since when frames are buffered (`None`: nothing is).
     pub(crate) fn buffered_since(&self) -> Option<Instant> {
         self.lock().since
+    }
+
+    /// Like [`ResultPipe::buffered_since`], but `None` instead of waiting for the lock.
+    pub(crate) fn try_buffered_since(&self) -> Option<Option<Instant>> {
+        self.try_lock().map(|pending| pending.since)
     }
 
     /// Writes the buffer now.
@@ -212,7 +237,7 @@ mod tests {
     fn buffered_frames_are_written_by_the_flusher_while_the_loop_is_busy() {
         let (r, w) = posix::pipe(false).unwrap();
         let pipe = Arc::new(ResultPipe::new(w.as_raw_fd()));
-        pipe.buffer(|out| out.extend_from_slice(b"one"));
+        pipe.buffer(&|out| out.extend_from_slice(b"one"));
         // Without the flusher nothing is written until the loop flushes.
         assert!(read_available(r.as_raw_fd(), Duration::from_millis(20)).is_empty());
         pipe.keep_flushing().unwrap();
@@ -222,7 +247,7 @@ mod tests {
         );
         // Later frames too, also when the flusher was idle in between.
         std::thread::sleep(Duration::from_millis(5));
-        pipe.buffer(|out| out.extend_from_slice(b"two"));
+        pipe.buffer(&|out| out.extend_from_slice(b"two"));
         assert_eq!(
             read_available(r.as_raw_fd(), Duration::from_secs(5)),
             b"two"
@@ -234,7 +259,7 @@ mod tests {
     fn direct_writes_follow_the_buffered_frames() {
         let (r, w) = posix::pipe(false).unwrap();
         let pipe = ResultPipe::new(w.as_raw_fd());
-        assert_eq!(pipe.buffer(|out| out.extend_from_slice(b"ab")), 2);
+        assert_eq!(pipe.buffer(&|out| out.extend_from_slice(b"ab")), 2);
         assert!(pipe.buffered_since().is_some());
         pipe.write_parts(&[b"cd", b"ef"]).unwrap();
         assert!(pipe.buffered_since().is_none());
@@ -245,13 +270,26 @@ mod tests {
     }
 
     #[test]
+    fn try_calls_give_up_while_another_thread_holds_the_buffer() {
+        let (_r, w) = posix::pipe(false).unwrap();
+        let pipe = ResultPipe::new(w.as_raw_fd());
+        assert_eq!(pipe.try_buffered_since(), Some(None));
+        let held = pipe.lock();
+        assert_eq!(pipe.try_buffer(&|out| out.push(1)), None);
+        assert_eq!(pipe.try_buffered_since(), None);
+        drop(held);
+        assert_eq!(pipe.try_buffer(&|out| out.push(1)), Some(1));
+        assert!(matches!(pipe.try_buffered_since(), Some(Some(_))));
+    }
+
+    #[test]
     fn a_failed_write_is_reported_by_later_calls() {
         let (r, w) = posix::pipe(false).unwrap();
         let pipe = ResultPipe::new(w.as_raw_fd());
         drop(r);
-        pipe.buffer(|out| out.extend_from_slice(b"lost"));
+        pipe.buffer(&|out| out.extend_from_slice(b"lost"));
         assert!(pipe.flush().is_err());
-        pipe.buffer(|out| out.extend_from_slice(b"more"));
+        pipe.buffer(&|out| out.extend_from_slice(b"more"));
         assert!(pipe.flush().is_err());
     }
 }
