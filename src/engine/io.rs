@@ -40,9 +40,6 @@ const SLOW_FRONT_MIN: Duration = Duration::from_millis(2);
 /// steal is not worth it.
 const STEAL_AFTER: Duration = Duration::from_millis(5);
 
-/// Bytes read per `read` call at least; a burst of small results arrives in one call.
-const READ_CHUNK: usize = 256 * 1024;
-
 /// Workers that die before finishing start-up this many times in a row break the pool instead
 /// of being respawned forever (the stdlib loops forever here).
 const MAX_STARTUP_FAILURES: u32 = 3;
@@ -636,7 +633,7 @@ impl IoLoop {
                 return;
             };
             let fd = pipe.as_raw_fd();
-            let space = worker.reader.spare(READ_CHUNK);
+            let space = worker.reader.spare(0);
             match posix::read(fd, space) {
                 Ok(0) => {
                     // EOF: the worker closed its end; its sentinel reports the exit.

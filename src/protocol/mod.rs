@@ -213,8 +213,14 @@ pub fn encode_frame(out: &mut Vec<u8>, kind: FrameKind, id: u64, aux: u64, paylo
     out.extend_from_slice(payload);
 }
 
-/// Initial read buffer: large enough that a burst of small results is one `read` call.
-const INITIAL_READ_BUFFER: usize = 256 * 1024;
+/// Read space offered at first. A buffer is zero-filled when it grows, which faults in every
+/// page: 256 KiB up front cost each pool ~260 page faults per start (the parent's reader per
+/// worker and each worker's) for pipes that mostly carry a few small frames.
+const INITIAL_READ_SIZE: usize = 16 * 1024;
+
+/// Read space offered once reads keep filling what is offered (doubling up to here): a burst
+/// of small results then arrives in one `read` call.
+const MAX_READ_SIZE: usize = 256 * 1024;
 
 /// Reassembles frames from a byte stream read in arbitrary pieces.
 ///
@@ -227,6 +233,10 @@ pub struct FrameReader {
     end: usize,
     /// A large frame being read directly into its own payload buffer.
     large: Option<LargeFrame>,
+    /// Space to offer for the next read; doubles while reads fill what they are offered.
+    read_size: usize,
+    /// Length of the space last handed out by [`FrameReader::spare`].
+    offered: usize,
 }
 
 struct LargeFrame {
@@ -247,22 +257,25 @@ impl Default for FrameReader {
 impl FrameReader {
     pub fn new() -> Self {
         Self {
-            buf: vec![0; INITIAL_READ_BUFFER],
+            buf: vec![0; INITIAL_READ_SIZE],
             start: 0,
             end: 0,
             large: None,
+            read_size: INITIAL_READ_SIZE,
+            offered: 0,
         }
     }
 
-    /// Writable space at the end of the buffer, at least `min` bytes and enough to hold the
-    /// whole frame that has started arriving.
+    /// Writable space at the end of the buffer: at least `min` bytes, the current read size,
+    /// and enough to hold the whole frame that has started arriving.
     pub fn spare(&mut self, min: usize) -> &mut [u8] {
         if let Some(large) = self.large.as_mut() {
             // Exactly the rest of the large payload: nothing after it is read early.
+            self.offered = 0;
             return &mut large.payload[large.filled..];
         }
         let pending = self.end - self.start;
-        let mut wanted = min.max(1);
+        let mut wanted = min.max(self.read_size);
         if pending >= HEADER_LEN {
             let declared = read_u64(&self.buf[self.start..]) as usize;
             if declared < LARGE_PAYLOAD {
@@ -279,6 +292,7 @@ impl FrameReader {
                 self.buf.resize(self.end + wanted.max(self.buf.len()), 0);
             }
         }
+        self.offered = self.buf.len() - self.end;
         &mut self.buf[self.end..]
     }
 
@@ -287,6 +301,10 @@ impl FrameReader {
         if let Some(large) = self.large.as_mut() {
             large.filled = (large.filled + n).min(large.payload.len());
             return;
+        }
+        if n > 0 && n >= self.offered {
+            // The read filled all it was offered: more is probably waiting.
+            self.read_size = (self.read_size * 2).min(MAX_READ_SIZE);
         }
         self.end = (self.end + n).min(self.buf.len());
     }
@@ -414,6 +432,34 @@ mod tests {
     }
 
     #[test]
+    fn read_space_starts_small_and_doubles_while_reads_fill_it() {
+        let mut reader = FrameReader::new();
+        assert_eq!(reader.spare(0).len(), INITIAL_READ_SIZE);
+        // A short read: the offer stays as it is.
+        let short = frame(FrameKind::Ok, 1, 0, b"x");
+        reader.spare(0)[..short.len()].copy_from_slice(&short);
+        reader.commit(short.len());
+        assert_eq!(reader.next_frame().unwrap().map(|f| f.id), Some(1));
+        assert_eq!(reader.read_size, INITIAL_READ_SIZE);
+        // Reads that fill the offer double it, up to the maximum.
+        let mut offers = Vec::new();
+        for _ in 0..8 {
+            let space = reader.spare(0);
+            let n = space.len();
+            offers.push(n);
+            // Fill with whole empty frames so the buffer drains completely.
+            let filler = frame(FrameKind::Ok, 2, 0, &vec![0u8; n - HEADER_LEN]);
+            space.copy_from_slice(&filler);
+            reader.commit(n);
+            while reader.next_frame().unwrap().is_some() {}
+        }
+        assert_eq!(offers[0], INITIAL_READ_SIZE);
+        assert!(offers.windows(2).all(|w| w[1] >= w[0]));
+        assert_eq!(reader.read_size, MAX_READ_SIZE);
+        assert!(*offers.last().unwrap() >= MAX_READ_SIZE);
+    }
+
+    #[test]
     fn round_trips_many_frames_in_one_buffer() {
         let mut bytes = frame(FrameKind::Call, 1, 7, b"abc");
         bytes.extend(frame(FrameKind::Ok, 2, 9, b""));
@@ -448,7 +494,7 @@ mod tests {
 
     #[test]
     fn grows_for_frames_larger_than_the_buffer() {
-        let payload = vec![3u8; INITIAL_READ_BUFFER * 3 + 17];
+        let payload = vec![3u8; INITIAL_READ_SIZE * 3 + 17];
         let bytes = frame(FrameKind::Ok, 5, 0, &payload);
         let mut reader = FrameReader::new();
         let mut offset = 0;

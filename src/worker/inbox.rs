@@ -29,9 +29,6 @@ use super::results::ResultPipe;
 use crate::posix;
 use crate::protocol::{encode_frame, Frame, FrameKind, FrameReader};
 
-/// Bytes requested per read of the task pipe.
-const READ_CHUNK: usize = 256 * 1024;
-
 #[derive(Default)]
 struct InboxState {
     frames: VecDeque<Frame>,
@@ -187,7 +184,7 @@ pub(crate) fn start_reader(
 fn read_tasks(task_fd: RawFd, inbox: &Inbox, results: &ResultPipe) -> io::Result<()> {
     let mut reader = FrameReader::new();
     loop {
-        let space = reader.spare(READ_CHUNK);
+        let space = reader.spare(0);
         let n = posix::read(task_fd, space)?;
         if n == 0 {
             return Ok(());
