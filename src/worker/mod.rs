@@ -201,6 +201,21 @@ pub(crate) fn worker_loop(
                 )));
             }
         };
+        if matches!(
+            frame.kind,
+            FrameKind::DefineFunc | FrameKind::Call | FrameKind::Map | FrameKind::StarMap
+        ) {
+            // What comes next may take long (a task, or unpickling a function that imports
+            // its module): results buffered before it must not wait for it.
+            // Old enough, or no thread to spare for the flusher (e.g. a thread limit): now.
+            let write_now = match buffered_since(py, &results) {
+                Some(since) => since.elapsed() >= FLUSH_AFTER || results.keep_flushing().is_err(),
+                None => false,
+            };
+            if write_now {
+                flush(py, &results).map_err(io_err)?;
+            }
+        }
         match frame.kind {
             FrameKind::DefineFunc => {
                 let func = codec
@@ -210,14 +225,6 @@ pub(crate) fn worker_loop(
                 funcs.insert(frame.id, func);
             }
             FrameKind::Call | FrameKind::Map | FrameKind::StarMap => {
-                match buffered_since(py, &results) {
-                    Some(since) if since.elapsed() >= FLUSH_AFTER => {
-                        flush(py, &results).map_err(io_err)?;
-                    }
-                    // This task may run long: results buffered before it must not wait for it.
-                    Some(_) => results.keep_flushing().map_err(io_err)?,
-                    None => {}
-                }
                 let started = Instant::now();
                 let encoded = run_task(py, &codec, &funcs, &frame, pool_pid)?;
                 let elapsed = started.elapsed();
@@ -305,7 +312,9 @@ struct FlusherStopper(Arc<ResultPipe>);
 
 impl Drop for FlusherStopper {
     fn drop(&mut self) {
-        self.0.stop_flusher();
+        // The flusher may be in a blocking write: wait for it without holding the GIL.
+        let pipe = &self.0;
+        Python::attach(|py| py.detach(|| pipe.stop_flusher()));
     }
 }
 
