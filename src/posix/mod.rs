@@ -302,14 +302,11 @@ pub(crate) fn wait_child_for_test(pid: i32, limit: std::time::Duration) -> Optio
     }
 }
 
-/// Runs `while_held` on a new thread while this process's parking_lot table has the bucket of
-/// `key` locked (inside the validate step of a park on `key`), as a parent's engine thread may
-/// at the moment a worker is forked. Test-only.
+/// Runs `while_held` (on the calling thread) while another thread keeps this process's
+/// parking_lot bucket for `key` locked (inside the validate step of a park on `key`), as a
+/// parent's engine thread may at the moment a worker is forked. Test-only.
 #[cfg(test)]
-pub(crate) fn with_parking_bucket_held<T: Send + 'static>(
-    key: usize,
-    while_held: impl FnOnce() -> T + Send + 'static,
-) -> T {
+pub(crate) fn with_parking_bucket_held<T>(key: usize, while_held: impl FnOnce() -> T) -> T {
     let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let holder = std::thread::spawn(move || {

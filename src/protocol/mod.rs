@@ -235,8 +235,6 @@ pub struct FrameReader {
     large: Option<LargeFrame>,
     /// Space to offer for the next read; doubles while reads fill what they are offered.
     read_size: usize,
-    /// Length of the space last handed out by [`FrameReader::spare`].
-    offered: usize,
 }
 
 struct LargeFrame {
@@ -262,7 +260,6 @@ impl FrameReader {
             end: 0,
             large: None,
             read_size: INITIAL_READ_SIZE,
-            offered: 0,
         }
     }
 
@@ -271,7 +268,6 @@ impl FrameReader {
     pub fn spare(&mut self, min: usize) -> &mut [u8] {
         if let Some(large) = self.large.as_mut() {
             // Exactly the rest of the large payload: nothing after it is read early.
-            self.offered = 0;
             return &mut large.payload[large.filled..];
         }
         let pending = self.end - self.start;
@@ -292,7 +288,6 @@ impl FrameReader {
                 self.buf.resize(self.end + wanted.max(self.buf.len()), 0);
             }
         }
-        self.offered = self.buf.len() - self.end;
         &mut self.buf[self.end..]
     }
 
@@ -302,8 +297,9 @@ impl FrameReader {
             large.filled = (large.filled + n).min(large.payload.len());
             return;
         }
-        if n > 0 && n >= self.offered {
-            // The read filled all it was offered: more is probably waiting.
+        if n > 0 && self.end + n >= self.buf.len() {
+            // The read filled all it was offered (the buffer to its end): more is probably
+            // waiting.
             self.read_size = (self.read_size * 2).min(MAX_READ_SIZE);
         }
         self.end = (self.end + n).min(self.buf.len());

@@ -292,8 +292,9 @@ mod tests {
     fn inbox_waits_in_a_child_forked_while_a_parent_thread_holds_a_parking_bucket() {
         let inbox = Arc::new(Inbox::default());
         inbox.push_grant((1, 10));
-        assert_eq!(inbox.take_grant(Duration::ZERO), Some((1, 10))); // now `ever_granted`
-                                                                     // The bucket a parking_lot condvar at this address would use is locked at fork time.
+        // Now `ever_granted`, so `take_grant` below waits on the condvar.
+        assert_eq!(inbox.take_grant(Duration::ZERO), Some((1, 10)));
+        // The bucket a parking_lot condvar at this address would use is locked at fork time.
         let key = &inbox.cond as *const Condvar as usize;
         let pid = posix::with_parking_bucket_held(key, || posix::fork_for_test().unwrap());
         if pid == 0 {
