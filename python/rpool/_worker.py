@@ -39,7 +39,7 @@ def worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     task_fd = _take_fd(task_conn)
     result_fd = _take_fd(result_conn)
-    _rpool.prepare_worker(task_fd, expected_parent)
+    _rpool.prepare_worker(task_fd, result_fd, expected_parent)
     if initializer is not None:
         try:
             initializer(*initargs)

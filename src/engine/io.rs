@@ -633,18 +633,14 @@ impl IoLoop {
                 return;
             };
             let fd = pipe.as_raw_fd();
-            let space = worker.reader.spare(0);
-            match posix::read(fd, space) {
+            match worker.reader.read_from(fd, 0) {
                 Ok(0) => {
                     // EOF: the worker closed its end; its sentinel reports the exit.
                     worker.result_pipe = None;
                     self.handle_frames(index);
                     return;
                 }
-                Ok(n) => {
-                    worker.reader.commit(n);
-                    self.handle_frames(index);
-                }
+                Ok(_) => self.handle_frames(index),
                 Err(err) if err.kind() == ErrorKind::WouldBlock => return,
                 Err(_) => {
                     worker.result_pipe = None;

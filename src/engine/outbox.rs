@@ -131,9 +131,8 @@ mod tests {
         while ids.len() < 4 {
             let _ = outbox.write_to(w.as_raw_fd()).unwrap();
             loop {
-                let space = reader.spare(4096);
-                match posix::read(r.as_raw_fd(), space) {
-                    Ok(n) if n > 0 => reader.commit(n),
+                match reader.read_from(r.as_raw_fd(), 4096) {
+                    Ok(n) if n > 0 => {}
                     _ => break,
                 }
                 while let Some(frame) = reader.next_frame().unwrap() {

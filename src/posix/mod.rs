@@ -59,6 +59,31 @@ pub(crate) fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
+/// `read(2)` of at most `max` bytes into the spare capacity of `buf`, retried on EINTR; what
+/// arrives extends `buf`. Reading into uninitialised capacity spares zero-filling buffers
+/// (and faulting in their pages) before any data exists for them.
+pub(crate) fn read_append(fd: RawFd, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    let count = spare.len().min(max);
+    let dest = spare.as_mut_ptr();
+    loop {
+        // SAFETY: `dest` points to `count` <= spare-capacity bytes owned by `buf`, writable for
+        // the whole call; read(2) only writes bytes into that region.
+        let n = unsafe { libc::read(fd, dest.cast(), count) };
+        if n >= 0 {
+            let n = n as usize;
+            // SAFETY: the kernel initialised exactly `n` <= `count` bytes right after the old
+            // length, which stays within the capacity.
+            unsafe { buf.set_len(buf.len() + n) };
+            return Ok(n);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
 /// `write(2)`, retried on EINTR. Returns the number of bytes written.
 pub(crate) fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     loop {
@@ -150,6 +175,8 @@ impl WakeFd {
 }
 
 /// A new pipe (read end, write end), close-on-exec, optionally non-blocking on both ends.
+/// Test-only (the pools' pipes are made by `os.pipe` in Python).
+#[cfg(test)]
 pub(crate) fn pipe(nonblocking: bool) -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     let flags = libc::O_CLOEXEC | if nonblocking { libc::O_NONBLOCK } else { 0 };

@@ -19,6 +19,10 @@
 #![forbid(unsafe_code)]
 
 use std::fmt;
+use std::io;
+use std::os::fd::RawFd;
+
+use crate::posix;
 
 /// Size of the fixed frame header in bytes.
 pub const HEADER_LEN: usize = 25;
@@ -213,9 +217,10 @@ pub fn encode_frame(out: &mut Vec<u8>, kind: FrameKind, id: u64, aux: u64, paylo
     out.extend_from_slice(payload);
 }
 
-/// Read space offered at first. A buffer is zero-filled when it grows, which faults in every
-/// page: 256 KiB up front cost each pool ~260 page faults per start (the parent's reader per
-/// worker and each worker's) for pipes that mostly carry a few small frames.
+/// Read space offered at first. Reads go into uninitialised capacity, so only the pages a read
+/// actually fills are touched: zero-filling 256 KiB per pipe up front cost each pool ~260
+/// page faults at start-up (the parent's reader per worker and each worker's), for pipes that
+/// mostly carry a few small frames.
 const INITIAL_READ_SIZE: usize = 16 * 1024;
 
 /// Read space offered once reads keep filling what is offered (doubling up to here): a burst
@@ -224,13 +229,13 @@ const MAX_READ_SIZE: usize = 256 * 1024;
 
 /// Reassembles frames from a byte stream read in arbitrary pieces.
 ///
-/// Owns one growable buffer; callers read straight into [`FrameReader::spare`] and then
-/// [`FrameReader::commit`] the count, so bytes are copied once into the buffer and once out into
-/// the frame payload.
+/// Owns one growable buffer whose length is what has been received; [`FrameReader::read_from`]
+/// reads straight into its spare capacity, so bytes are copied once into the buffer and once
+/// out into the frame payload, and no byte is written before data arrives for it.
 pub struct FrameReader {
+    /// Received bytes; the unparsed ones are `buf[start..]`.
     buf: Vec<u8>,
     start: usize,
-    end: usize,
     /// A large frame being read directly into its own payload buffer.
     large: Option<LargeFrame>,
     /// Space to offer for the next read; doubles while reads fill what they are offered.
@@ -242,8 +247,15 @@ struct LargeFrame {
     shared: bool,
     id: u64,
     aux: u64,
+    /// Received so far; complete at `len` bytes.
     payload: Vec<u8>,
-    filled: usize,
+    len: usize,
+}
+
+impl LargeFrame {
+    fn missing(&self) -> usize {
+        self.len - self.payload.len()
+    }
 }
 
 impl Default for FrameReader {
@@ -255,22 +267,53 @@ impl Default for FrameReader {
 impl FrameReader {
     pub fn new() -> Self {
         Self {
-            buf: vec![0; INITIAL_READ_SIZE],
+            buf: Vec::new(),
             start: 0,
-            end: 0,
             large: None,
             read_size: INITIAL_READ_SIZE,
         }
     }
 
-    /// Writable space at the end of the buffer: at least `min` bytes, the current read size,
-    /// and enough to hold the whole frame that has started arriving.
-    pub fn spare(&mut self, min: usize) -> &mut [u8] {
-        if let Some(large) = self.large.as_mut() {
+    /// Reads once from `fd` (at least `min` bytes of room, the current read size, and enough
+    /// for the whole frame that has started arriving). `Ok(0)` is end-of-file.
+    pub fn read_from(&mut self, fd: RawFd, min: usize) -> io::Result<usize> {
+        let offered = self.make_room(min);
+        let target = match self.large.as_mut() {
             // Exactly the rest of the large payload: nothing after it is read early.
-            return &mut large.payload[large.filled..];
+            Some(large) => &mut large.payload,
+            None => &mut self.buf,
+        };
+        let n = posix::read_append(fd, target, offered)?;
+        self.received(n, offered);
+        Ok(n)
+    }
+
+    /// Appends bytes that are already in memory, as if read.
+    pub fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let offered = self.make_room(data.len());
+            let n = offered.min(data.len());
+            match self.large.as_mut() {
+                Some(large) if large.missing() > 0 => large.payload.extend_from_slice(&data[..n]),
+                // A large frame is complete (only `next_frame` takes it): what follows it
+                // waits in the buffer, which is empty while a large frame is being read.
+                Some(_) => {
+                    self.buf.extend_from_slice(data);
+                    return;
+                }
+                None => self.buf.extend_from_slice(&data[..n]),
+            }
+            self.received(n, offered);
+            data = &data[n..];
         }
-        let pending = self.end - self.start;
+    }
+
+    /// Makes room for the next read and returns how many bytes to offer it.
+    fn make_room(&mut self, min: usize) -> usize {
+        if let Some(large) = self.large.as_ref() {
+            return large.missing();
+        }
+        let pending = self.buf.len() - self.start;
         let mut wanted = min.max(self.read_size);
         if pending >= HEADER_LEN {
             let declared = read_u64(&self.buf[self.start..]) as usize;
@@ -279,48 +322,34 @@ impl FrameReader {
                 wanted = wanted.max(total.saturating_sub(pending));
             }
         }
-        if self.buf.len() - self.end < wanted {
+        if self.buf.capacity() - self.buf.len() < wanted {
             // Compact first; grow only if that is not enough.
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end = pending;
+            self.buf.drain(..self.start);
             self.start = 0;
-            if self.buf.len() - self.end < wanted {
-                self.buf.resize(self.end + wanted.max(self.buf.len()), 0);
+            if self.buf.capacity() - self.buf.len() < wanted {
+                self.buf.reserve_exact(wanted.max(self.buf.capacity()));
             }
         }
-        &mut self.buf[self.end..]
+        self.buf.capacity() - self.buf.len()
     }
 
-    /// Marks `n` bytes written into [`FrameReader::spare`] as received.
-    pub fn commit(&mut self, n: usize) {
-        if let Some(large) = self.large.as_mut() {
-            large.filled = (large.filled + n).min(large.payload.len());
-            return;
-        }
-        if n > 0 && self.end + n >= self.buf.len() {
-            // The read filled all it was offered (the buffer to its end): more is probably
-            // waiting.
+    /// Accounts for `n` bytes received into an offer of `offered` bytes.
+    fn received(&mut self, n: usize, offered: usize) {
+        if self.large.is_none() && n > 0 && n >= offered {
+            // The read filled all it was offered: more is probably waiting.
             self.read_size = (self.read_size * 2).min(MAX_READ_SIZE);
         }
-        self.end = (self.end + n).min(self.buf.len());
-    }
-
-    /// Appends bytes (used by tests and by callers that already hold a slice).
-    pub fn feed(&mut self, data: &[u8]) {
-        let space = self.spare(data.len());
-        space[..data.len()].copy_from_slice(data);
-        self.commit(data.len());
     }
 
     /// True when no partial frame is buffered.
     pub fn is_empty(&self) -> bool {
-        self.start == self.end && self.large.is_none()
+        self.start == self.buf.len() && self.large.is_none()
     }
 
     /// Pops the next complete frame, `Ok(None)` if more bytes are needed.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, ProtocolError> {
         if let Some(large) = self.large.take() {
-            if large.filled < large.payload.len() {
+            if large.missing() > 0 {
                 self.large = Some(large);
                 return Ok(None);
             }
@@ -340,7 +369,7 @@ impl FrameReader {
                 payload,
             }));
         }
-        let pending = &self.buf[self.start..self.end];
+        let pending = &self.buf[self.start..];
         if pending.len() < HEADER_LEN {
             return Ok(None);
         }
@@ -360,11 +389,7 @@ impl FrameReader {
         let id = read_u64(&pending[9..]);
         let aux = read_u64(&pending[17..]);
         let payload = pending[HEADER_LEN..total].to_vec();
-        self.start += total;
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        }
+        self.consumed(total);
         Ok(Some(Frame {
             kind,
             shared,
@@ -373,40 +398,45 @@ impl FrameReader {
             payload,
         }))
     }
-}
 
-impl FrameReader {
+    /// Drops `n` parsed bytes; an emptied buffer starts over at its beginning.
+    fn consumed(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.buf.len() {
+            self.start = 0;
+            self.buf.clear();
+        }
+    }
+
     /// Moves the buffered part of a large frame into its own buffer; the rest is read there.
     fn start_large_frame(&mut self, kind: FrameKind, shared: bool, len: usize) -> Option<Frame> {
-        let pending = &self.buf[self.start..self.end];
+        let pending = &self.buf[self.start..];
         let id = read_u64(&pending[9..]);
         let aux = read_u64(&pending[17..]);
         let have = (pending.len() - HEADER_LEN).min(len);
-        // Zeroed allocation of this size comes straight from the OS (no memset).
-        let mut payload = vec![0u8; len];
-        payload[..have].copy_from_slice(&pending[HEADER_LEN..HEADER_LEN + have]);
-        self.start += HEADER_LEN + have;
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        }
-        if have == len {
-            return Some(Frame {
-                kind,
-                shared,
-                id,
-                aux,
-                payload,
-            });
-        }
-        self.large = Some(LargeFrame {
+        // An allocation this large is mapped fresh from the OS; pages are touched as data
+        // arrives.
+        let mut payload = Vec::with_capacity(len);
+        payload.extend_from_slice(&pending[HEADER_LEN..HEADER_LEN + have]);
+        self.consumed(HEADER_LEN + have);
+        let frame = LargeFrame {
             kind,
             shared,
             id,
             aux,
             payload,
-            filled: have,
-        });
+            len,
+        };
+        if frame.missing() == 0 {
+            return Some(Frame {
+                kind,
+                shared,
+                id,
+                aux,
+                payload: frame.payload,
+            });
+        }
+        self.large = Some(frame);
         None
     }
 }
@@ -430,29 +460,45 @@ mod tests {
     #[test]
     fn read_space_starts_small_and_doubles_while_reads_fill_it() {
         let mut reader = FrameReader::new();
-        assert_eq!(reader.spare(0).len(), INITIAL_READ_SIZE);
+        assert_eq!(reader.make_room(0), INITIAL_READ_SIZE);
         // A short read: the offer stays as it is.
-        let short = frame(FrameKind::Ok, 1, 0, b"x");
-        reader.spare(0)[..short.len()].copy_from_slice(&short);
-        reader.commit(short.len());
+        reader.feed(&frame(FrameKind::Ok, 1, 0, b"x"));
         assert_eq!(reader.next_frame().unwrap().map(|f| f.id), Some(1));
         assert_eq!(reader.read_size, INITIAL_READ_SIZE);
         // Reads that fill the offer double it, up to the maximum.
         let mut offers = Vec::new();
         for _ in 0..8 {
-            let space = reader.spare(0);
-            let n = space.len();
+            let n = reader.make_room(0);
             offers.push(n);
             // Fill with whole empty frames so the buffer drains completely.
-            let filler = frame(FrameKind::Ok, 2, 0, &vec![0u8; n - HEADER_LEN]);
-            space.copy_from_slice(&filler);
-            reader.commit(n);
+            reader.feed(&frame(FrameKind::Ok, 2, 0, &vec![0u8; n - HEADER_LEN]));
             while reader.next_frame().unwrap().is_some() {}
         }
         assert_eq!(offers[0], INITIAL_READ_SIZE);
         assert!(offers.windows(2).all(|w| w[1] >= w[0]));
         assert_eq!(reader.read_size, MAX_READ_SIZE);
         assert!(*offers.last().unwrap() >= MAX_READ_SIZE);
+    }
+
+    #[test]
+    fn reads_from_a_pipe_touch_only_what_arrives() {
+        use std::os::fd::AsRawFd;
+        let (r, w) = posix::pipe(false).unwrap();
+        let mut reader = FrameReader::new();
+        let bytes = frame(FrameKind::Ok, 4, 8, b"from the pipe");
+        posix::write_all(w.as_raw_fd(), &bytes).unwrap();
+        assert_eq!(reader.read_from(r.as_raw_fd(), 0).unwrap(), bytes.len());
+        // Only the received bytes count as buffer contents; the rest is spare capacity.
+        assert_eq!(reader.buf.len(), bytes.len());
+        assert!(reader.buf.capacity() >= INITIAL_READ_SIZE);
+        let got = reader.next_frame().unwrap().unwrap();
+        assert_eq!(
+            (got.id, got.aux, &got.payload[..]),
+            (4, 8, &b"from the pipe"[..])
+        );
+        assert!(reader.is_empty());
+        drop(w);
+        assert_eq!(reader.read_from(r.as_raw_fd(), 0).unwrap(), 0);
     }
 
     #[test]
@@ -496,10 +542,8 @@ mod tests {
         let mut offset = 0;
         let mut got = None;
         while got.is_none() {
-            let space = reader.spare(1000);
-            let n = space.len().min(bytes.len() - offset).min(70_000);
-            space[..n].copy_from_slice(&bytes[offset..offset + n]);
-            reader.commit(n);
+            let n = reader.make_room(1000).min(bytes.len() - offset).min(70_000);
+            reader.feed(&bytes[offset..offset + n]);
             offset += n;
             got = reader.next_frame().unwrap();
         }
@@ -522,10 +566,11 @@ mod tests {
             if got.len() == 3 || offset == bytes.len() {
                 break;
             }
-            let space = reader.spare(4096);
-            let n = space.len().min(bytes.len() - offset).min(100_000);
-            space[..n].copy_from_slice(&bytes[offset..offset + n]);
-            reader.commit(n);
+            let n = reader
+                .make_room(4096)
+                .min(bytes.len() - offset)
+                .min(100_000);
+            reader.feed(&bytes[offset..offset + n]);
             offset += n;
         }
         assert_eq!(got.len(), 3);

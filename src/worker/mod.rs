@@ -1,6 +1,6 @@
 //! The loop each worker process runs: read task frames from the task pipe (without the GIL),
 //! call the task, write result frames in batches. Also the worker's safety nets: parent-death
-//! signal and a watchdog that ends the worker when the parent disappears while a task is
+//! signal, and the reader thread ending the worker when the parent disappears while a task is
 //! running. Large payloads and results go through the parent's shared-memory segments.
 //!
 //! This code runs in a child interpreter and must not touch parent-side engine state: after
@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::io::IoSlice;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -33,83 +33,67 @@ use results::{ResultPipe, FLUSH_AFTER, FLUSH_BYTES};
 /// large results wait for its loader, which takes a few ms per 8 MiB.
 const GRANT_PATIENCE: Duration = Duration::from_millis(200);
 
-/// After the parent's end of the task pipe closes, a worker still busy with a task gets this
-/// long to finish on its own before the watchdog ends the process.
+/// After the parent's end of the task pipe closes, a worker still busy (with a task or its
+/// initializer) gets this long to finish on its own before the reader thread ends the process.
 const ORPHAN_GRACE: Duration = Duration::from_millis(1000);
 
-/// Sets up the worker's process-level safety nets. Call first thing in the worker.
+/// Sets up the worker's process-level safety nets and starts reading the task pipe (see
+/// `inbox.rs`: the reader thread also ends the worker when the parent disappears while a task
+/// or the initializer runs). Call first thing in the worker.
 #[pyfunction]
-#[pyo3(signature = (task_fd, expected_parent))]
-pub(crate) fn prepare_worker(task_fd: RawFd, expected_parent: i32) -> PyResult<()> {
+#[pyo3(signature = (task_fd, result_fd, expected_parent))]
+pub(crate) fn prepare_worker(
+    task_fd: RawFd,
+    result_fd: RawFd,
+    expected_parent: i32,
+) -> PyResult<()> {
     posix::set_parent_death_signal(libc::SIGKILL).map_err(|e| PyOSError::new_err(e.to_string()))?;
     if expected_parent > 0 && posix::parent_pid() != expected_parent {
         // The parent died before the death signal was armed.
         posix::exit_now(1);
     }
-    let (stop_read, stop_write) =
-        posix::pipe(false).map_err(|e| PyOSError::new_err(e.to_string()))?;
-    let thread = std::thread::Builder::new()
-        .name("rpool-watchdog".into())
-        .spawn(move || watch_parent(task_fd, stop_read))
-        .map_err(|e| PyOSError::new_err(e.to_string()))?;
-    *WATCHDOG.lock().unwrap_or_else(PoisonError::into_inner) = Some(Watchdog {
-        stop: stop_write,
-        thread,
-    });
+    let channel =
+        Channel::open(task_fd, result_fd).map_err(|e| PyOSError::new_err(e.to_string()))?;
+    *CHANNEL.lock().unwrap_or_else(PoisonError::into_inner) = Some(channel);
     Ok(())
 }
 
-/// The thread that ends an orphaned worker, and how to stop it.
-struct Watchdog {
-    stop: OwnedFd,
-    thread: std::thread::JoinHandle<()>,
+/// The worker's side of its two pipes: tasks arrive in `inbox` (filled by the reader thread),
+/// results leave through `results`.
+struct Channel {
+    task_fd: RawFd,
+    result_fd: RawFd,
+    inbox: Arc<Inbox>,
+    results: Arc<ResultPipe>,
 }
 
-/// `std::sync::Mutex`, not parking_lot's, for the reason given in `inbox.rs` (fork).
-static WATCHDOG: Mutex<Option<Watchdog>> = Mutex::new(None);
+impl Channel {
+    /// Starts the reader thread on `task_fd`.
+    fn open(task_fd: RawFd, result_fd: RawFd) -> std::io::Result<Self> {
+        let inbox = Arc::new(Inbox::default());
+        let results = Arc::new(ResultPipe::new(result_fd));
+        inbox::start_reader(task_fd, inbox.clone(), results.clone(), ORPHAN_GRACE)?;
+        Ok(Self {
+            task_fd,
+            result_fd,
+            inbox,
+            results,
+        })
+    }
+}
 
-/// Ends the watchdog when the loop returns: the process is about to exit by itself, and a
-/// thread still blocked in `poll` makes that exit ~0.5–1 ms slower (measured on pool shutdown).
-struct WatchdogStopper;
+/// Opened by `prepare_worker` before the initializer runs (so an orphaned worker is noticed
+/// during a long initializer too), taken by `worker_loop`. `std::sync::Mutex`, not
+/// parking_lot's, for the reason given in `inbox.rs` (fork).
+static CHANNEL: Mutex<Option<Channel>> = Mutex::new(None);
 
-impl Drop for WatchdogStopper {
+/// Tells the reader thread that the loop has returned, whichever way: the process is about to
+/// exit by itself, so a closed task pipe no longer needs the orphan check.
+struct LoopFinished(Arc<Inbox>);
+
+impl Drop for LoopFinished {
     fn drop(&mut self) {
-        let Some(watchdog) = WATCHDOG
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        else {
-            return;
-        };
-        if posix::write_all(watchdog.stop.as_raw_fd(), &[1]).is_ok() {
-            let _ = watchdog.thread.join();
-        }
-    }
-}
-
-/// Waits for the parent's end of the task pipe to close (parent gone or pool released), then
-/// gives the main loop a grace period to exit normally before ending the process. Returns as
-/// soon as `stop` becomes readable (the loop finished).
-fn watch_parent(task_fd: RawFd, stop: OwnedFd) {
-    loop {
-        let mut set = [
-            posix::poll_fd(task_fd, 0),
-            posix::poll_fd(stop.as_raw_fd(), posix::POLLIN),
-        ];
-        match posix::poll(&mut set, -1) {
-            Ok(_) if set[1].revents != 0 => return,
-            Ok(_) if set[0].revents & (posix::POLLHUP | posix::POLLERR | posix::POLLNVAL) != 0 => {
-                break
-            }
-            Ok(_) => continue,
-            Err(_) => return,
-        }
-    }
-    let mut set = [posix::poll_fd(stop.as_raw_fd(), posix::POLLIN)];
-    let grace_ms = ORPHAN_GRACE.as_millis() as i32;
-    match posix::poll(&mut set, grace_ms) {
-        Ok(ready) if ready > 0 => {}
-        _ => posix::exit_now(1),
+        self.0.loop_finished();
     }
 }
 
@@ -167,18 +151,24 @@ pub(crate) fn worker_loop(
     pool_pid: i32,
     max_tasks: Option<u64>,
 ) -> PyResult<()> {
-    let _stop_watchdog_on_return = WatchdogStopper;
-    let codec = Codec::new(codec)?;
     let io_err = |e: std::io::Error| PyOSError::new_err(format!("rpool worker pipe: {e}"));
-    let results = Arc::new(ResultPipe::new(result_fd));
+    let prepared = CHANNEL
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    let channel = match prepared {
+        Some(channel) if channel.task_fd == task_fd && channel.result_fd == result_fd => channel,
+        _ => Channel::open(task_fd, result_fd).map_err(io_err)?,
+    };
+    let Channel { inbox, results, .. } = channel;
+    let _finished_on_return = LoopFinished(inbox.clone());
+    let codec = Codec::new(codec)?;
     let _stop_flusher_on_return = FlusherStopper(results.clone());
-    let inbox = Arc::new(Inbox::default());
     let mut funcs: HashMap<u64, CachedFunc> = HashMap::new();
     let mut done: u64 = 0;
     let pid = posix::current_pid() as u64;
     results.buffer(&|out| encode_frame(out, FrameKind::Ready, 0, pid, b""));
     flush(py, &results).map_err(io_err)?;
-    inbox::start_reader(task_fd, inbox.clone(), results.clone()).map_err(io_err)?;
     loop {
         let next = match inbox.try_next() {
             Some(next) => next,
