@@ -76,6 +76,11 @@ def raise_unpicklable_exception(left="left", right="right"):
     raise TwoArgError(left, right)
 
 
+def sigint_handler(_=None):
+    """The worker's SIGINT disposition as Python records it."""
+    return signal.getsignal(signal.SIGINT)
+
+
 def os_exit(code):
     os._exit(code)
 

@@ -334,6 +334,15 @@ def _cleanup(proc, gate, pids):
             os.kill(pid, signal.SIGKILL)
 
 
+def test_workers_ignore_sigint_and_python_knows_it(ctx):
+    # Ctrl+C reaches the whole process group; only the parent reacts. Python's own record of
+    # the handler must agree with the process's (tasks that save and restore it rely on it).
+    with rpool.Pool(2, context=ctx) as pool:
+        assert pool.apply(_tasks.sigint_handler) == signal.SIG_IGN
+    with rpool.ProcessPoolExecutor(2, mp_context=ctx) as executor:
+        assert executor.submit(_tasks.sigint_handler).result(timeout=GET_TIMEOUT) == signal.SIG_IGN
+
+
 @pytest.mark.timeout(90)
 def test_workers_exit_when_parent_is_sigkilled(tmp_path, start_method):
     proc, gate, started = _launch(tmp_path, start_method, "sleep")

@@ -71,7 +71,7 @@ def _run_starmap(func: Any, items: Any) -> list[Any]:
 
 
 class WorkerCodec:
-    """The callables a worker's loop uses, bound once per worker."""
+    """The callables a worker's loop uses; see `worker_codec`."""
 
     def __init__(self, front: int) -> None:
         self.loads = pickle.loads
@@ -96,3 +96,17 @@ class WorkerCodec:
             except Exception:
                 pass  # `dumps` reports the failure the usual way (or cloudpickle accepts it)
         return self.dumps(value)
+
+
+# Built once at import: a forked worker inherits them instead of building its own (every
+# object a fresh fork creates or touches costs copy-on-write page faults: building the codec
+# in the worker cost ~50 us of its start-up).
+_PREBUILT = {front: WorkerCodec(front) for front in (FRONT_POOL, FRONT_EXECUTOR)}
+
+
+def worker_codec(front: int) -> WorkerCodec:
+    """The codec for a worker of `front`; call after the initializer, which may switch results
+    to cloudpickle."""
+    if _cloud.results_fallback:
+        return WorkerCodec(front)
+    return _PREBUILT[front]

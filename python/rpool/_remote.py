@@ -12,9 +12,6 @@ import signal
 from concurrent.futures import CancelledError
 from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
 from multiprocessing import TimeoutError as MpTimeoutError
-from multiprocessing.pool import (  # type: ignore[attr-defined]
-    RemoteTraceback,
-)
 from typing import Any
 
 from rpool._codec import (
@@ -87,6 +84,10 @@ class RemoteError(Exception):
 
 def _remote_traceback(front: int, tb_text: str) -> BaseException:
     if front == FRONT_POOL:
+        # Imported on the first failure: `multiprocessing.pool` is ~0.2 MB that every forked
+        # worker would inherit.
+        from multiprocessing.pool import RemoteTraceback  # type: ignore[attr-defined]
+
         return RemoteTraceback(tb_text)  # type: ignore[no-any-return]
     return _RemoteTraceback(tb_text)  # type: ignore[arg-type]
 

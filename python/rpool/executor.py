@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from concurrent.futures import _base
 from multiprocessing.context import BaseContext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rpool import _cloud, _insights
+from rpool import _cloud
 from rpool._fronts import (
     ExecutorFront,
     after_feeders,
@@ -27,6 +27,9 @@ from rpool._mapping import IMapIterator
 from rpool._progress import ProgressArg, make_progress
 from rpool._remote import FRONT_EXECUTOR
 from rpool._runtime import KIND_CALL, KIND_STARMAP, Runtime
+
+if TYPE_CHECKING:
+    from rpool._insights import PoolStats
 
 # Guards the lazy creation of Future conditions (see RpoolFuture).
 _CONDITION_LOCK = threading.Lock()
@@ -310,12 +313,16 @@ class ProcessPoolExecutor(ExecutorFront, futures.Executor):
         )
         return self._map_results(results)
 
-    def stats(self) -> _insights.PoolStats:
+    def stats(self) -> PoolStats:
         """A snapshot of the executor (rpool extension): per-worker pid, tasks done, busy/idle
         seconds; queued and in-flight tasks, restarts and throughput. Before the first
         submission no worker has started and the snapshot is empty."""
         runtime = self._runtime
         raw = runtime.core.stats() if runtime is not None else None
+        # Imported here: `dataclasses` (and the `inspect` it pulls in) is ~0.4 MB that every
+        # forked worker would inherit and tear down, for a method most programs never call.
+        from rpool import _insights
+
         return _insights.collect(raw, self._created)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

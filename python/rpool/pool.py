@@ -10,9 +10,9 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping
 from multiprocessing import TimeoutError as MpTimeoutError
 from multiprocessing.context import BaseContext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rpool import _cloud, _insights, _rpool
+from rpool import _cloud, _rpool
 from rpool._fronts import (
     CLOSE,
     RUN,
@@ -25,6 +25,9 @@ from rpool._mapping import IMapIterator, MapResult, check_chunksize, pickle_chun
 from rpool._progress import ProgressArg, make_progress
 from rpool._remote import FRONT_POOL, InitializerError
 from rpool._runtime import KIND_CALL, KIND_MAP, KIND_STARMAP, CallbackEntry, Runtime
+
+if TYPE_CHECKING:
+    from rpool._insights import PoolStats
 
 AsyncResult = _rpool.AsyncResult
 
@@ -327,12 +330,16 @@ class Pool(PoolFront):
 
     # --- insights (rpool extension) ---------------------------------------------------------
 
-    def stats(self) -> _insights.PoolStats:
+    def stats(self) -> PoolStats:
         """A snapshot of the pool: per-worker pid, tasks done, busy/idle seconds; queued and
         in-flight tasks, restarts and throughput. Counters lag by up to a fraction of a second.
         """
         runtime = self._runtime
         raw = runtime.core.stats() if runtime is not None else None
+        # Imported here: `dataclasses` (and the `inspect` it pulls in) is ~0.4 MB that every
+        # forked worker would inherit and tear down, for a method most programs never call.
+        from rpool import _insights
+
         return _insights.collect(raw, self._created)
 
     # --- lifecycle -------------------------------------------------------------------------

@@ -40,9 +40,13 @@ const ORPHAN_GRACE: Duration = Duration::from_millis(1000);
 /// Sets up the worker's process-level safety nets and starts reading the task pipe (see
 /// `inbox.rs`: the reader thread also ends the worker when the parent disappears while a task
 /// or the initializer runs). Call first thing in the worker.
+///
+/// Also makes the worker ignore SIGINT: Ctrl+C reaches the whole process group, and the
+/// parent decides what it means.
 #[pyfunction]
 #[pyo3(signature = (task_fd, result_fd, expected_parent))]
 pub(crate) fn prepare_worker(
+    py: Python<'_>,
     task_fd: RawFd,
     result_fd: RawFd,
     expected_parent: i32,
@@ -52,6 +56,12 @@ pub(crate) fn prepare_worker(
         // The parent died before the death signal was armed.
         posix::exit_now(1);
     }
+    // Through `_signal`, so Python's own record of the handler stays right, but not through
+    // `signal.signal`, whose enum conversions cost a fresh fork ~75 us of page faults.
+    let signals = py.import("_signal")?;
+    signals
+        .getattr("signal")?
+        .call1((signals.getattr("SIGINT")?, signals.getattr("SIG_IGN")?))?;
     let channel =
         Channel::open(task_fd, result_fd).map_err(|e| PyOSError::new_err(e.to_string()))?;
     *CHANNEL.lock().unwrap_or_else(PoisonError::into_inner) = Some(channel);
