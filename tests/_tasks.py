@@ -81,6 +81,34 @@ def sigint_handler(_=None):
     return signal.getsignal(signal.SIGINT)
 
 
+def pipes_leaked_to_programs(_=None):
+    """Pipes the worker holds privately (non-inheritable descriptors, e.g. its task and result
+    pipes) that a program started with ``close_fds=False`` still holds: their inode numbers."""
+    import subprocess
+    import sys
+
+    def pipe_inodes(listing):
+        return {target for target in listing if target.startswith("pipe:")}
+
+    private = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if not os.get_inheritable(int(name)):
+                private.add(os.readlink(f"/proc/self/fd/{name}"))
+        except OSError:
+            pass
+    lister = (
+        "import os\n"
+        "for n in os.listdir('/proc/self/fd'):\n"
+        "    try: print(os.readlink('/proc/self/fd/' + n))\n"
+        "    except OSError: pass\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", lister], close_fds=False, capture_output=True, text=True, check=True
+    ).stdout
+    return sorted(pipe_inodes(private) & pipe_inodes(out.split()))
+
+
 def os_exit(code):
     os._exit(code)
 

@@ -343,6 +343,11 @@ def test_workers_ignore_sigint_and_python_knows_it(ctx):
         assert executor.submit(_tasks.sigint_handler).result(timeout=GET_TIMEOUT) == signal.SIG_IGN
 
 
+def test_programs_started_by_tasks_do_not_inherit_the_worker_pipes(ctx):
+    with rpool.Pool(1, context=ctx) as pool:
+        assert pool.apply(_tasks.pipes_leaked_to_programs) == []
+
+
 @pytest.mark.timeout(90)
 def test_workers_exit_when_parent_is_sigkilled(tmp_path, start_method):
     proc, gate, started = _launch(tmp_path, start_method, "sleep")

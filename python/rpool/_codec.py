@@ -104,9 +104,12 @@ class WorkerCodec:
 _PREBUILT = {front: WorkerCodec(front) for front in (FRONT_POOL, FRONT_EXECUTOR)}
 
 
+_IMPORTED_PICKLE = (pickle.dumps, pickle.loads)
+
+
 def worker_codec(front: int) -> WorkerCodec:
     """The codec for a worker of `front`; call after the initializer, which may switch results
-    to cloudpickle."""
-    if _cloud.results_fallback:
+    to cloudpickle or replace `pickle.dumps`/`loads` (the prebuilt codecs hold the originals)."""
+    if _cloud.results_fallback or (pickle.dumps, pickle.loads) != _IMPORTED_PICKLE:
         return WorkerCodec(front)
     return _PREBUILT[front]

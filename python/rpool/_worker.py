@@ -18,9 +18,12 @@ from rpool._codec import FRONT_EXECUTOR, encode_exception, worker_codec
 
 def _own_fd(conn: Connection) -> int:
     """A descriptor of the connection's pipe for the native loop to own. The connection keeps
-    its own until it is collected (not closing it here spares a fresh worker the Python
-    calls, ~20 us each after fork)."""
-    return os.dup(conn.fileno())
+    its own until it is collected (closing it here cost a fresh worker ~20 us of Python calls
+    each); it is made non-inheritable, as under spawn it arrives inheritable and programs a task
+    starts would otherwise hold the pipe open."""
+    fd = conn.fileno()
+    os.set_inheritable(fd, False)
+    return os.dup(fd)
 
 
 def worker_main(

@@ -278,6 +278,9 @@ impl FrameReader {
     /// for the whole frame that has started arriving). `Ok(0)` is end-of-file.
     pub fn read_from(&mut self, fd: RawFd, min: usize) -> io::Result<usize> {
         let offered = self.make_room(min);
+        // Nothing to offer only while a finished large frame waits for `next_frame`; a read
+        // of 0 bytes would look like end-of-file.
+        debug_assert!(offered > 0, "take every frame before reading again");
         let target = match self.large.as_mut() {
             // Exactly the rest of the large payload: nothing after it is read early.
             Some(large) => &mut large.payload,

@@ -226,9 +226,34 @@ pub(crate) fn start_reader(
                     posix::exit_now(1);
                 }
             }
-            Err(err) => inbox.finish(Some(err.to_string())),
+            Err(err) => {
+                // E.g. the parent died while a `Returned` answer was being written: the loop
+                // learns of the failure when it next waits, and the orphan check still runs.
+                inbox.finish(Some(err.to_string()));
+                if wait_for_hangup(task_fd, &inbox) && !inbox.wait_loop_finished(orphan_grace) {
+                    posix::exit_now(1);
+                }
+            }
         })?;
     Ok(())
+}
+
+/// After a failed read: waits until the task pipe hangs up (true) or the loop has returned
+/// (false), checking the loop a few times a second.
+fn wait_for_hangup(task_fd: RawFd, inbox: &Inbox) -> bool {
+    const CHECK_MS: i32 = 100;
+    let gone = posix::POLLHUP | posix::POLLERR | posix::POLLNVAL;
+    loop {
+        if inbox.lock().loop_finished {
+            return false;
+        }
+        let mut set = [posix::poll_fd(task_fd, 0)];
+        match posix::poll(&mut set, CHECK_MS) {
+            Ok(_) if set[0].revents & gone != 0 => return true,
+            Ok(_) => {}
+            Err(_) => return true,
+        }
+    }
 }
 
 fn read_tasks(task_fd: RawFd, inbox: &Inbox, results: &ResultPipe) -> io::Result<ReadEnd> {
@@ -325,20 +350,41 @@ mod tests {
         assert!(matches!(inbox.next(), Next::Closed));
     }
 
-    /// In a forked child: a reader on a pipe whose writer closes while the "main loop" is
-    /// still busy (or, with `finished`, after it returned). The child's exit code is returned.
-    fn orphan_check_in_child(finished: bool) -> Option<i32> {
+    /// How the task pipe's writer goes away in [`orphan_check_in_child`].
+    #[derive(Clone, Copy)]
+    enum Ending {
+        /// It closes while the "main loop" is still busy.
+        WhileBusy,
+        /// It closes after the loop returned.
+        AfterLoop,
+        /// A steal arrives whose answer cannot be written (the result pipe's reader is gone,
+        /// as when the parent dies), then the writer closes while the loop is busy.
+        AfterFailedAnswer,
+    }
+
+    /// In a forked child: a reader on a task pipe whose writer goes away as `ending` says.
+    /// The child's exit code is returned.
+    fn orphan_check_in_child(ending: Ending) -> Option<i32> {
         let pid = posix::fork_for_test().unwrap();
         if pid == 0 {
             let outcome = std::panic::catch_unwind(|| {
                 let (task_r, task_w) = posix::pipe(false).unwrap();
-                let (_result_r, result_w) = posix::pipe(false).unwrap();
+                let (result_r, result_w) = posix::pipe(false).unwrap();
                 let inbox = Arc::new(Inbox::default());
                 let results = Arc::new(ResultPipe::new(result_w.as_raw_fd()));
                 let grace = Duration::from_millis(50);
                 start_reader(task_r.as_raw_fd(), inbox.clone(), results, grace).unwrap();
-                if finished {
-                    inbox.loop_finished();
+                match ending {
+                    Ending::WhileBusy => {}
+                    Ending::AfterLoop => inbox.loop_finished(),
+                    Ending::AfterFailedAnswer => {
+                        drop(result_r);
+                        let mut steal = Vec::new();
+                        encode_frame(&mut steal, FrameKind::Steal, 0, 0, b"");
+                        posix::write_all(task_w.as_raw_fd(), &steal).unwrap();
+                        // The reader stops reading: the loop would see the failure.
+                        assert!(matches!(inbox.next(), Next::Failed(_)));
+                    }
                 }
                 drop(task_w);
                 // Busy for much longer than the grace period.
@@ -351,12 +397,17 @@ mod tests {
 
     #[test]
     fn a_worker_busy_when_its_task_pipe_closes_is_ended_after_the_grace_period() {
-        assert_eq!(orphan_check_in_child(false), Some(1));
+        assert_eq!(orphan_check_in_child(Ending::WhileBusy), Some(1));
+    }
+
+    #[test]
+    fn the_orphan_check_also_follows_a_failed_read() {
+        assert_eq!(orphan_check_in_child(Ending::AfterFailedAnswer), Some(1));
     }
 
     #[test]
     fn a_worker_whose_loop_has_returned_is_left_to_exit_by_itself() {
-        assert_eq!(orphan_check_in_child(true), Some(0));
+        assert_eq!(orphan_check_in_child(Ending::AfterLoop), Some(0));
     }
 
     #[test]

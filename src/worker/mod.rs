@@ -71,6 +71,9 @@ pub(crate) fn prepare_worker(
 /// The worker's side of its two pipes: tasks arrive in `inbox` (filled by the reader thread),
 /// results leave through `results`.
 struct Channel {
+    /// The process that opened it: a child forked from a worker inherits the static, not the
+    /// reader thread.
+    pid: i32,
     task_fd: RawFd,
     result_fd: RawFd,
     inbox: Arc<Inbox>,
@@ -84,11 +87,19 @@ impl Channel {
         let results = Arc::new(ResultPipe::new(result_fd));
         inbox::start_reader(task_fd, inbox.clone(), results.clone(), ORPHAN_GRACE)?;
         Ok(Self {
+            pid: posix::current_pid(),
             task_fd,
             result_fd,
             inbox,
             results,
         })
+    }
+}
+
+impl Channel {
+    /// Whether this channel was opened in this process for these descriptors.
+    fn serves(&self, task_fd: RawFd, result_fd: RawFd) -> bool {
+        self.pid == posix::current_pid() && self.task_fd == task_fd && self.result_fd == result_fd
     }
 }
 
@@ -112,7 +123,16 @@ impl Drop for LoopFinished {
 pub(crate) fn send_init_failure(result_fd: RawFd, payload: &[u8]) -> PyResult<()> {
     let mut out = Vec::new();
     encode_frame(&mut out, FrameKind::InitFailed, 0, 0, payload);
-    posix::write_all(result_fd, &out).map_err(|e| PyOSError::new_err(e.to_string()))
+    let channel = CHANNEL.lock().unwrap_or_else(PoisonError::into_inner);
+    let written = match channel.as_ref() {
+        // Through the channel's pipe lock, so no frame the reader thread writes (an answer to
+        // a steal) can interleave with a large failure report.
+        Some(channel) if channel.pid == posix::current_pid() && channel.result_fd == result_fd => {
+            channel.results.write_parts(&[&out])
+        }
+        _ => posix::write_all(result_fd, &out),
+    };
+    written.map_err(|e| PyOSError::new_err(e.to_string()))
 }
 
 /// The callables the loop needs from Python, looked up once.
@@ -167,8 +187,15 @@ pub(crate) fn worker_loop(
         .unwrap_or_else(PoisonError::into_inner)
         .take();
     let channel = match prepared {
-        Some(channel) if channel.task_fd == task_fd && channel.result_fd == result_fd => channel,
-        _ => Channel::open(task_fd, result_fd).map_err(io_err)?,
+        Some(channel) if channel.serves(task_fd, result_fd) => channel,
+        stale => {
+            if let Some(stale) = stale {
+                // Not ours to use: its reader (if it runs in this process) must not end the
+                // process when that pipe closes.
+                stale.inbox.loop_finished();
+            }
+            Channel::open(task_fd, result_fd).map_err(io_err)?
+        }
     };
     let Channel { inbox, results, .. } = channel;
     let _finished_on_return = LoopFinished(inbox.clone());
