@@ -386,3 +386,15 @@ class OwnBuffer:
 def own_buffer_sum(value):
     """Sum of a sample of an `OwnBuffer`, and a new `OwnBuffer` with the data reversed."""
     return sum(value.data[::4096]), OwnBuffer(bytes(value.data[::-1]))
+
+
+class SlowToPickle:
+    """Pickles (in the parent) as the int `value`, after sleeping `delay` seconds."""
+
+    def __init__(self, value, delay):
+        self.value = value
+        self.delay = delay
+
+    def __reduce__(self):
+        time.sleep(self.delay)
+        return (int, (self.value,))

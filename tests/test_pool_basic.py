@@ -154,6 +154,30 @@ def test_apply_async_error_callback_called_once_off_main_thread(pool):
     assert on_main is False
 
 
+def test_map_chunks_finishing_while_the_map_is_still_sent(pool):
+    # The last chunk is slow to pickle, so the others finish while the caller still sends:
+    # they wait unpickled until sending ends, then complete in the background as usual.
+    items = list(range(40)) + [_tasks.SlowToPickle(40, 0.5)]
+    recorder = CallbackRecorder()
+    result = pool.map_async(_tasks.square, items, chunksize=4, callback=recorder)
+    expected = [i * i for i in range(41)]
+    assert result.get(timeout=GET_TIMEOUT) == expected
+    assert recorder.done.wait(GET_TIMEOUT)
+    assert recorder.calls == [(expected, False)]
+
+
+def test_map_chunk_failing_while_the_map_is_still_sent(pool):
+    items = [1, 3, 5, 7] + [2] * 36 + [_tasks.SlowToPickle(2, 0.5)]
+    errors = CallbackRecorder()
+    result = pool.map_async(
+        _tasks.raise_value_error_if_odd, items, chunksize=4, error_callback=errors
+    )
+    with pytest.raises(ValueError, match="odd"):
+        result.get(timeout=GET_TIMEOUT)
+    assert errors.done.wait(GET_TIMEOUT)
+    assert len(errors.calls) == 1 and errors.calls[0][1] is False
+
+
 def test_map_async_callback_gets_whole_list(pool):
     recorder = CallbackRecorder()
     pool.map_async(_tasks.square, range(10), callback=recorder).get(timeout=GET_TIMEOUT)

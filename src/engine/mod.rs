@@ -326,6 +326,13 @@ impl Engine {
 
     /// Waits up to `timeout` for completed `notify` tasks and takes all of them (returns at
     /// once after [`Engine::shutdown`]).
+    /// Queues completion notices again, for tasks the notifier set aside (a map's chunks that
+    /// finished while the map was still being sent).
+    pub fn renotify(&self, ids: &[u64]) {
+        let mut ids = ids.iter().map(|&id| TaskId(id)).collect();
+        self.shared.push_notices(&mut ids);
+    }
+
     pub fn take_notices(&self, timeout: Duration) -> Vec<TaskId> {
         let mut notices = self.shared.notices.lock();
         if notices.is_empty() && !self.stopped.load(Ordering::SeqCst) {

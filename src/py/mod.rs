@@ -304,6 +304,11 @@ impl Core {
             .collect()
     }
 
+    /// Hands completion notices back to the notifier (see `Engine::renotify`).
+    fn renotify(&self, ids: Vec<u64>) {
+        self.engine.renotify(&ids);
+    }
+
     /// Wakes threads waiting on results (after callbacks published a batch).
     fn wake_waiters(&self) {
         self.engine.wake_waiters();
