@@ -7,7 +7,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from multiprocessing import TimeoutError as MpTimeoutError
 from multiprocessing.context import BaseContext
 from typing import TYPE_CHECKING, Any
@@ -21,7 +21,14 @@ from rpool._fronts import (
     check_pool_options,
     pickle_call,
 )
-from rpool._mapping import IMapIterator, MapResult, check_chunksize, pickle_chunk, split_chunks
+from rpool._mapping import (
+    IMapIterator,
+    MapResult,
+    check_chunksize,
+    list_chunk_payloads,
+    pickle_chunk,
+    split_chunks,
+)
 from rpool._progress import ProgressArg, make_progress
 from rpool._remote import FRONT_POOL, InitializerError
 from rpool._runtime import KIND_CALL, KIND_MAP, KIND_STARMAP, CallbackEntry, Runtime
@@ -192,19 +199,18 @@ class Pool(PoolFront):
         if chunksize is None:
             chunksize = _rpool.default_chunksize(length, self._processes)
         func_id = runtime.func_id(func)
-        chunks: Iterable[list[Any]]
+        cloud = runtime.cloudpickle
+        payloads: Iterator[tuple[int, bytes]]
         if type(iterable) is list:
-            # Cut as they are sent, so the first chunk leaves at once (cutting all of 1M items
-            # first took ~8 ms, more right after a fork, while the workers waited).
-            size = chunksize
-            chunks = (iterable[start : start + size] for start in range(0, length, size))
+            payloads = list_chunk_payloads(iterable, chunksize, func, func_id, cloud)
             result._start(-(-length // chunksize), length)
         else:
             chunks = list(split_chunks(iterable, chunksize))
+            payloads = ((len(chunk), pickle_chunk(func, func_id, chunk, cloud)) for chunk in chunks)
             result._start(len(chunks), sum(len(chunk) for chunk in chunks))
         result._begin_sending()
         try:
-            self._send_chunks(runtime, result, func, func_id, kind, chunks, task_timeout)
+            self._send_chunks(runtime, result, func_id, kind, payloads, task_timeout)
         finally:
             result._end_sending(runtime)
         return result
@@ -213,27 +219,29 @@ class Pool(PoolFront):
     def _send_chunks(
         runtime: Runtime,
         result: MapResult,
-        func: Callable[..., Any],
         func_id: int,
         kind: int,
-        chunks: Iterable[list[Any]],
+        payloads: Iterator[tuple[int, bytes]],
         task_timeout: float | None,
     ) -> None:
+        """Submits each chunk as soon as it is pickled, so workers start while the parent is
+        still pickling the rest. A chunk that cannot be pickled fails the whole map (as in the
+        stdlib, whose task thread also pickles chunk by chunk)."""
         submit = runtime.core.submit
-        for chunk in chunks:
-            # Each chunk leaves as soon as it is pickled, so workers start while the parent is
-            # still pickling the rest. A chunk that cannot be pickled fails the whole map (as in
-            # the stdlib, whose task thread also pickles chunk by chunk).
+        while True:
             try:
-                payload = pickle_chunk(func, func_id, chunk, runtime.cloudpickle)
+                piece = next(payloads, None)
             except Exception as exc:
                 exc.add_note(
                     "rpool: an item of the map's input (or its function) could not be pickled"
                 )
                 result._fail_now(exc)
                 return
+            if piece is None:
+                return
+            size, payload = piece
             handle = submit(kind, func_id, payload, True, FRONT_POOL, task_timeout)
-            result._add_chunk(runtime, handle, len(chunk))
+            result._add_chunk(runtime, handle, size)
 
     def map(
         self,

@@ -24,6 +24,7 @@ use crate::posix;
 use crate::protocol::{FrameKind, FuncId, WorkerId};
 use pinned::PinnedParts;
 
+pub(crate) mod fastpickle;
 pub(crate) mod pinned;
 
 /// Longest stretch a blocked call stays detached before it checks for signals (Ctrl+C).

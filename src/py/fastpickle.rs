@@ -1,0 +1,188 @@
+//! Pickles a slice of a list of plain numbers straight from the list, for `Pool.map` chunks.
+//!
+//! `pickle.dumps(items[a:b])` takes a reference to every item twice (the slice, then the
+//! pickler), and each reference count change writes to the item. Right after the workers are
+//! forked, the parent's pages are shared copy-on-write with them, so those writes copy every
+//! page of the input (1M ints: ~8k page faults, each also interrupting the other core to flush
+//! its TLB). Reading the items through borrowed references writes nothing to them. Exact
+//! `int` (within 64 bits), `float`, `bool` and `None` are written with the opcodes `pickle`
+//! itself uses; for anything else the caller pickles the chunk the usual way.
+//!
+//! Under the GIL, with no Python code running in between, the list cannot change while it is
+//! read.
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList};
+
+const PROTO: u8 = 0x80;
+const PROTOCOL: u8 = 5;
+const EMPTY_LIST: u8 = b']';
+const MARK: u8 = b'(';
+const APPENDS: u8 = b'e';
+const STOP: u8 = b'.';
+const BININT1: u8 = b'K';
+const BININT2: u8 = b'M';
+const BININT: u8 = b'J';
+const LONG1: u8 = 0x8a;
+const BINFLOAT: u8 = b'G';
+const NONE: u8 = b'N';
+const NEWTRUE: u8 = 0x88;
+const NEWFALSE: u8 = 0x89;
+
+/// Items per MARK … APPENDS group, as `pickle` writes them.
+const BATCH: usize = 1000;
+
+/// The pickle of `items[start:stop]` (a new list), or `None` when the slice holds anything
+/// other than exact ints within 64 bits, floats, bools and None, or reaches past the list's
+/// end. `pickle.loads` of the result equals the slice.
+#[pyfunction]
+pub(crate) fn pickle_list_slice<'py>(
+    items: &Bound<'py, PyList>,
+    start: usize,
+    stop: usize,
+) -> Option<Bound<'py, PyBytes>> {
+    if start > stop || stop > items.len() {
+        return None;
+    }
+    let list = items.as_ptr();
+    let mut out = Vec::with_capacity(8 + (stop - start) * 5);
+    out.extend_from_slice(&[PROTO, PROTOCOL, EMPTY_LIST]);
+    let mut batch_start = start;
+    while batch_start < stop {
+        let batch_stop = (batch_start + BATCH).min(stop);
+        out.push(MARK);
+        for index in batch_start..batch_stop {
+            // SAFETY: the GIL is held (we have `items`), `index < stop <= len(items)` was checked
+            // above, and nothing in this loop runs Python code or releases the GIL, so the list
+            // keeps its length and items; the result is a borrowed reference the list owns.
+            let item = unsafe { ffi::PyList_GET_ITEM(list, index as ffi::Py_ssize_t) };
+            if !encode_item(item, &mut out) {
+                return None;
+            }
+        }
+        out.push(APPENDS);
+        batch_start = batch_stop;
+    }
+    out.push(STOP);
+    Some(PyBytes::new(items.py(), &out))
+}
+
+/// What one list item is, read without touching its reference count.
+enum Plain {
+    None,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    /// Anything else (or an int beyond 64 bits).
+    Other,
+}
+
+/// Reads `item`: the caller holds the GIL and borrows `item` from a list that keeps it alive.
+fn classify(item: *mut ffi::PyObject) -> Plain {
+    // SAFETY: `item` is a live object borrowed from a list while the GIL is held (see the
+    // caller). These calls only compare pointers and read its type and value:
+    // `PyLong_AsLongLongAndOverflow` on an exact int neither runs Python code nor changes a
+    // reference count, and any error it reports is cleared.
+    unsafe {
+        if item == ffi::Py_None() {
+            Plain::None
+        } else if item == ffi::Py_True() {
+            Plain::Bool(true)
+        } else if item == ffi::Py_False() {
+            Plain::Bool(false)
+        } else if ffi::PyLong_CheckExact(item) != 0 {
+            let mut overflow = 0;
+            let value = ffi::PyLong_AsLongLongAndOverflow(item, &mut overflow);
+            if overflow != 0 {
+                Plain::Other
+            } else if value == -1 && !ffi::PyErr_Occurred().is_null() {
+                ffi::PyErr_Clear();
+                Plain::Other
+            } else {
+                Plain::Int(value)
+            }
+        } else if ffi::PyFloat_CheckExact(item) != 0 {
+            Plain::Float(ffi::PyFloat_AS_DOUBLE(item))
+        } else {
+            Plain::Other
+        }
+    }
+}
+
+/// Appends the opcodes for one item; false if its type is not handled here.
+fn encode_item(item: *mut ffi::PyObject, out: &mut Vec<u8>) -> bool {
+    match classify(item) {
+        Plain::None => out.push(NONE),
+        Plain::Bool(true) => out.push(NEWTRUE),
+        Plain::Bool(false) => out.push(NEWFALSE),
+        Plain::Int(value) => encode_int(value, out),
+        Plain::Float(value) => {
+            out.push(BINFLOAT);
+            out.extend_from_slice(&value.to_be_bytes());
+        }
+        Plain::Other => return false,
+    }
+    true
+}
+
+/// `pickle`'s int opcodes: unsigned 1 and 2 bytes, signed 4 bytes, else LONG1 with the
+/// shortest two's-complement little-endian form.
+fn encode_int(value: i64, out: &mut Vec<u8>) {
+    if (0..=0xff).contains(&value) {
+        out.extend_from_slice(&[BININT1, value as u8]);
+    } else if (0..=0xffff).contains(&value) {
+        out.push(BININT2);
+        out.extend_from_slice(&(value as u16).to_le_bytes());
+    } else if i32::try_from(value).is_ok() {
+        out.push(BININT);
+        out.extend_from_slice(&(value as i32).to_le_bytes());
+    } else {
+        let bytes = value.to_le_bytes();
+        let mut len = bytes.len();
+        // Drop high bytes that only repeat the sign of the byte below them.
+        while len > 1 {
+            let (top, below) = (bytes[len - 1], bytes[len - 2]);
+            if (top == 0x00 && below & 0x80 == 0) || (top == 0xff && below & 0x80 != 0) {
+                len -= 1;
+            } else {
+                break;
+            }
+        }
+        out.extend_from_slice(&[LONG1, len as u8]);
+        out.extend_from_slice(&bytes[..len]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn long1(value: i64) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_int(value, &mut out);
+        out
+    }
+
+    #[test]
+    fn ints_use_the_smallest_opcode_pickle_would() {
+        assert_eq!(long1(0), vec![BININT1, 0]);
+        assert_eq!(long1(255), vec![BININT1, 255]);
+        assert_eq!(long1(256), vec![BININT2, 0, 1]);
+        assert_eq!(long1(65535), vec![BININT2, 255, 255]);
+        assert_eq!(long1(65536), vec![BININT, 0, 0, 1, 0]);
+        assert_eq!(long1(-1), vec![BININT, 255, 255, 255, 255]);
+        assert_eq!(long1(i32::MIN as i64), vec![BININT, 0, 0, 0, 0x80]);
+        // Beyond 32 bits: LONG1, shortest two's complement (pickle.dumps(2**31) ends the same).
+        assert_eq!(long1(1 << 31), vec![LONG1, 5, 0, 0, 0, 0x80, 0]);
+        assert_eq!(
+            long1(-(1 << 31) - 1),
+            vec![LONG1, 5, 0xff, 0xff, 0xff, 0x7f, 0xff]
+        );
+        assert_eq!(
+            long1(i64::MAX),
+            vec![LONG1, 8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]
+        );
+        assert_eq!(long1(i64::MIN), vec![LONG1, 8, 0, 0, 0, 0, 0, 0, 0, 0x80]);
+    }
+}

@@ -1,0 +1,97 @@
+"""`Pool.map` chunks of plain numbers are pickled straight from the input list
+(`rpool._rpool.pickle_list_slice`); what the workers unpickle must equal the slice."""
+
+from __future__ import annotations
+
+import enum
+import math
+import pickle
+
+import _tasks
+import pytest
+import rpool
+from rpool import _rpool
+
+EDGES = [
+    0,
+    1,
+    255,
+    256,
+    65535,
+    65536,
+    -1,
+    -256,
+    2**31 - 1,
+    2**31,
+    -(2**31),
+    -(2**31) - 1,
+    2**32,
+    2**63 - 1,
+    -(2**63),
+    0.0,
+    -0.0,
+    1.5,
+    -2.25e300,
+    float("inf"),
+    float("-inf"),
+    None,
+    True,
+    False,
+]
+
+
+def _same(a, b):
+    """Equal item by item, also in type, with nan == nan and -0.0 told from 0.0."""
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert type(x) is type(y), (x, y)
+        if isinstance(x, float):
+            assert math.copysign(1.0, x) == math.copysign(1.0, y)
+            assert (math.isnan(x) and math.isnan(y)) or x == y, (x, y)
+        else:
+            assert x == y, (x, y)
+
+
+def test_edges_round_trip():
+    items = EDGES + [float("nan")]
+    data = _rpool.pickle_list_slice(items, 0, len(items))
+    assert data is not None
+    _same(pickle.loads(data), items)
+
+
+@pytest.mark.parametrize(("start", "stop"), [(0, 0), (3, 3), (2, 9), (0, 2500), (1234, 2500)])
+def test_slices_round_trip_across_batches(start, stop):
+    items = [i * 7919 - 10**6 for i in range(2500)]
+    data = _rpool.pickle_list_slice(items, start, stop)
+    assert data is not None
+    assert pickle.loads(data) == items[start:stop]
+
+
+class Colour(enum.IntEnum):
+    RED = 1
+
+
+class MyFloat(float):
+    pass
+
+
+@pytest.mark.parametrize(
+    "odd", [2**64, -(2**63) - 1, "text", b"bytes", (1,), Colour.RED, MyFloat(1)]
+)
+def test_anything_else_is_left_to_pickle(odd):
+    assert _rpool.pickle_list_slice([1, 2, odd, 3], 0, 4) is None
+    # Only the slice asked for matters.
+    assert pickle.loads(_rpool.pickle_list_slice([1, 2, odd, 3], 0, 2)) == [1, 2]
+
+
+def test_slices_past_the_end_are_refused():
+    assert _rpool.pickle_list_slice([1, 2, 3], 2, 4) is None
+    assert _rpool.pickle_list_slice([1, 2, 3], 3, 2) is None
+
+
+def test_map_mixes_native_and_pickled_chunks(ctx):
+    # Chunks of plain numbers go natively; the chunk holding a string or a big int does not.
+    items = list(range(100)) + ["x"] + [2**70] + [1.5, None, True] * 10
+    with rpool.Pool(2, context=ctx) as pool:
+        assert pool.map(_tasks.identity, items, chunksize=7) == items
+        assert pool.map(_tasks.square, list(range(1000))) == [i * i for i in range(1000)]
