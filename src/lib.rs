@@ -14,7 +14,9 @@ mod worker;
 
 use pyo3::prelude::*;
 
-#[pymodule]
+/// `gil_used`: rpool relies on the GIL (e.g. `pickle_list_slice` reads a list through borrowed
+/// references), so a free-threaded interpreter keeps the GIL on while it is loaded.
+#[pymodule(gil_used = true)]
 fn _rpool(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<py::Core>()?;
     m.add_class::<py::AsyncResult>()?;

@@ -66,16 +66,17 @@ def pickle_chunk(func: object, func_id: int, chunk: list[Any], cloud: bool = Fal
 
 
 def list_chunk_payloads(
-    items: list[Any], chunksize: int, func: object, func_id: int, cloud: bool
+    items: list[Any], chunksize: int, func: object, func_id: int, cloud: bool, plain: bool
 ) -> Iterator[tuple[int, bytes]]:
     """(item count, payload) for each chunk of a list, cut and pickled only as they are asked
     for, so the first chunk leaves at once (cutting all of 1M items first took ~8 ms, more
-    right after a fork, while the workers waited). Chunks of plain numbers are pickled straight
-    from the list (`_rpool.pickle_list_slice`: no slice, no reference counts touched)."""
+    right after a fork, while the workers waited). With `plain` (a map, not a starmap, whose
+    items are tuples), chunks of plain numbers are pickled straight from the list
+    (`_rpool.pickle_list_slice`: no slice, no reference counts touched)."""
     length = len(items)
     for start in range(0, length, chunksize):
         stop = min(start + chunksize, length)
-        payload = _rpool.pickle_list_slice(items, start, stop) if func_id else None
+        payload = _rpool.pickle_list_slice(items, start, stop) if plain and func_id else None
         if payload is not None:
             yield stop - start, payload
         else:
@@ -104,14 +105,20 @@ class _ChunkEntry:
         self.size = size
 
     def _rpool_complete(self) -> None:
-        if self.owner._set_aside(self):
+        owner = self.owner
+        if owner._set_aside(self):
             return
         handle = self.handle
+        placed = False
         try:
-            ok, value = handle._resolve()
+            target = owner._target()
+            if target is None:
+                ok, value = handle._resolve()
+            else:
+                ok, value, placed = handle._resolve_into(target, self.index, self.size)
         finally:
             handle._publish()
-        self.owner._chunk_done(self, ok, value)
+        owner._chunk_done(self, ok, value, placed)
 
 
 class EventResult(Generic[T]):
@@ -195,11 +202,8 @@ class MapResult(EventResult[list[Any]]):
         with self._lock:
             self._sending = False
             entries, self._set_aside_entries = self._set_aside_entries, []
-        if not entries:
-            return
-        for entry in entries:
-            runtime.pending[entry.handle.task_id] = entry
-        runtime.core.renotify([entry.handle.task_id for entry in entries])
+        if entries:
+            runtime.hand_back(entries)
 
     def _set_aside(self, entry: _ChunkEntry) -> bool:
         """The notifier's hook: keeps a finished chunk for later while chunks are being sent."""
@@ -210,6 +214,15 @@ class MapResult(EventResult[list[Any]]):
                 return False
             self._set_aside_entries.append(entry)
             return True
+
+    def _target(self) -> list[Any] | None:
+        """The map's result list (made on first use) while results still go into it."""
+        with self._lock:
+            if self._event.is_set() or not self._success:
+                return None
+            if self._results is None:
+                self._results = [None] * self._capacity
+            return self._results
 
     def _add_chunk(self, runtime: Runtime, handle: Any, size: int) -> None:
         """Registers the next chunk (chunks are added in input order)."""
@@ -234,7 +247,8 @@ class MapResult(EventResult[list[Any]]):
         finally:
             self._event.set()
 
-    def _chunk_done(self, entry: _ChunkEntry, ok: bool, value: Any) -> None:
+    def _chunk_done(self, entry: _ChunkEntry, ok: bool, value: Any, placed: bool = False) -> None:
+        """A chunk's outcome; `placed`: its values are already in the result list."""
         with self._lock:
             if self._event.is_set() or not self._success:
                 return
@@ -247,7 +261,8 @@ class MapResult(EventResult[list[Any]]):
                 results = self._results
                 if results is None:
                     results = self._results = [None] * self._capacity
-                results[entry.index : entry.index + entry.size] = value
+                if not placed:
+                    results[entry.index : entry.index + entry.size] = value
                 self._left -= 1
                 finished = self._left == 0
                 if finished:
@@ -300,7 +315,11 @@ class _LazyMapState:
         """Lazy maps send and collect in step (their window), so nothing is set aside."""
         return False
 
-    def _chunk_done(self, entry: _ChunkEntry, ok: bool, value: Any) -> None:
+    def _target(self) -> None:
+        """Lazy maps hand each chunk's list to the consumer as it is."""
+        return None
+
+    def _chunk_done(self, entry: _ChunkEntry, ok: bool, value: Any, placed: bool = False) -> None:
         """The runtime's completion hook (this state owns the chunk's `_ChunkEntry`)."""
         self.chunk_done(entry.index, entry.size, ok, value, entry.handle.compute_seconds)
 

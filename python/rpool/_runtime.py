@@ -346,6 +346,19 @@ class Runtime:
             if not ids and not unmatched and self._notifier_stop:
                 return
 
+    def hand_back(self, entries: Sequence[Any]) -> None:
+        """Gives the notifier completed entries it set aside (``entry.handle.task_id`` names
+        each). If the notifier is stopping it may never look again: whichever of it and this
+        thread takes an entry out of ``pending`` first completes it."""
+        pending = self.pending
+        for entry in entries:
+            pending[entry.handle.task_id] = entry
+        self.core.renotify([entry.handle.task_id for entry in entries])
+        if self._notifier_stop:
+            for entry in entries:
+                if pending.pop(entry.handle.task_id, None) is entry:
+                    entry._rpool_complete()
+
     # --- lifecycle -------------------------------------------------------------------------
 
     def close(self) -> None:

@@ -202,7 +202,9 @@ class Pool(PoolFront):
         cloud = runtime.cloudpickle
         payloads: Iterator[tuple[int, bytes]]
         if type(iterable) is list:
-            payloads = list_chunk_payloads(iterable, chunksize, func, func_id, cloud)
+            payloads = list_chunk_payloads(
+                iterable, chunksize, func, func_id, cloud, kind == KIND_MAP
+            )
             result._start(-(-length // chunksize), length)
         else:
             chunks = list(split_chunks(iterable, chunksize))

@@ -11,9 +11,10 @@
 //! Under the GIL, with no Python code running in between, the list cannot change while it is
 //! read.
 
+use pyo3::exceptions::PyValueError;
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList};
+use pyo3::types::{PyBool, PyBytes, PyFloat, PyList};
 
 const PROTO: u8 = 0x80;
 const PROTOCOL: u8 = 5;
@@ -69,7 +70,7 @@ pub(crate) fn pickle_list_slice<'py>(
 }
 
 /// What one list item is, read without touching its reference count.
-enum Plain {
+pub(crate) enum Plain {
     None,
     Bool(bool),
     Int(i64),
@@ -154,6 +155,92 @@ fn encode_int(value: i64, out: &mut Vec<u8>) {
     }
 }
 
+// Opcodes `pickle.dumps` adds around a list (protocol 4+): frames and memo entries.
+const FRAME: u8 = 0x95;
+const MEMOIZE: u8 = 0x94;
+const APPEND: u8 = b'a';
+
+/// Parses what `pickle.dumps` writes for a list of plain numbers (exact ints, floats, bools,
+/// None; protocol 2 to 5, framed or not). `None` for anything else, which the caller unpickles
+/// the usual way.
+pub(crate) fn parse_plain_list(data: &[u8]) -> Option<Vec<Plain>> {
+    let mut at = 0;
+    let mut next = |n: usize| -> Option<&[u8]> {
+        let bytes = data.get(at..at + n)?;
+        at += n;
+        Some(bytes)
+    };
+    if next(1)? != [PROTO] || !(2..=5).contains(&next(1)?[0]) {
+        return None;
+    }
+    let mut items = Vec::new();
+    let mut seen_list = false;
+    loop {
+        let op = next(1)?[0];
+        match op {
+            FRAME => {
+                next(8)?;
+            }
+            MEMOIZE if seen_list => {}
+            EMPTY_LIST if !seen_list => seen_list = true,
+            MARK | APPENDS | APPEND if seen_list => {}
+            STOP => return seen_list.then_some(items),
+            NONE if seen_list => items.push(Plain::None),
+            NEWTRUE if seen_list => items.push(Plain::Bool(true)),
+            NEWFALSE if seen_list => items.push(Plain::Bool(false)),
+            BININT1 if seen_list => items.push(Plain::Int(i64::from(next(1)?[0]))),
+            BININT2 if seen_list => {
+                let b = next(2)?;
+                items.push(Plain::Int(i64::from(u16::from_le_bytes([b[0], b[1]]))));
+            }
+            BININT if seen_list => {
+                let b = next(4)?;
+                items.push(Plain::Int(i64::from(i32::from_le_bytes([
+                    b[0], b[1], b[2], b[3],
+                ]))));
+            }
+            LONG1 if seen_list => {
+                let n = usize::from(next(1)?[0]);
+                if n == 0 || n > 8 {
+                    return None;
+                }
+                let b = next(n)?;
+                // Sign-extend the little-endian two's complement bytes to 8.
+                let fill = if b[n - 1] & 0x80 != 0 { 0xff } else { 0 };
+                let mut word = [fill; 8];
+                word[..n].copy_from_slice(b);
+                items.push(Plain::Int(i64::from_le_bytes(word)));
+            }
+            BINFLOAT if seen_list => {
+                let mut word = [0u8; 8];
+                word.copy_from_slice(next(8)?);
+                items.push(Plain::Float(f64::from_be_bytes(word)));
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// Writes `items` into `target[offset..offset + items.len()]` as new objects.
+pub(crate) fn place_plain(
+    target: &Bound<'_, PyList>,
+    offset: usize,
+    items: &[Plain],
+) -> PyResult<()> {
+    let py = target.py();
+    for (k, item) in items.iter().enumerate() {
+        let object = match *item {
+            Plain::None => py.None().into_bound(py),
+            Plain::Bool(value) => PyBool::new(py, value).to_owned().into_any(),
+            Plain::Int(value) => value.into_pyobject(py)?.into_any(),
+            Plain::Float(value) => PyFloat::new(py, value).into_any(),
+            Plain::Other => return Err(PyValueError::new_err("not a plain value")),
+        };
+        target.set_item(offset + k, object)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,5 +271,34 @@ mod tests {
             vec![LONG1, 8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]
         );
         assert_eq!(long1(i64::MIN), vec![LONG1, 8, 0, 0, 0, 0, 0, 0, 0, 0x80]);
+    }
+
+    #[test]
+    fn parses_only_plain_lists() {
+        // pickle.dumps([1, 300, -5, 2**40, 1.5, None, True, False], 5)
+        let framed = b"\x80\x05\x95\x23\x00\x00\x00\x00\x00\x00\x00]\x94(K\x01M,\x01J\xfb\xff\xff\xff\x8a\x06\x00\x00\x00\x00\x00\x01G?\xf8\x00\x00\x00\x00\x00\x00N\x88\x89e.";
+        let items = parse_plain_list(framed).unwrap();
+        let ints: Vec<i64> = items
+            .iter()
+            .filter_map(|p| match p {
+                Plain::Int(v) => Some(*v),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ints, vec![1, 300, -5, 1 << 40]);
+        assert_eq!(items.len(), 8);
+        // pickle.dumps([7], 2): one APPEND, no frame.
+        assert_eq!(
+            parse_plain_list(b"\x80\x02]q\x00K\x07a.").map(|v| v.len()),
+            None
+        );
+        assert_eq!(
+            parse_plain_list(b"\x80\x05]\x94K\x07a.").map(|v| v.len()),
+            Some(1)
+        );
+        // A string, a truncated pickle, a bare int: not for this parser.
+        assert!(parse_plain_list(b"\x80\x05]\x94\x8c\x01x\x94a.").is_none());
+        assert!(parse_plain_list(b"\x80\x05]\x94(K\x01").is_none());
+        assert!(parse_plain_list(b"\x80\x05K\x01.").is_none());
     }
 }

@@ -560,6 +560,39 @@ impl AsyncResult {
         Ok((*ok, value.clone_ref(py)))
     }
 
+    /// For a map chunk: waits for the outcome and, when it is a list of `size` plain numbers
+    /// (see `fastpickle`), writes them straight into `target[offset:offset + size]` and returns
+    /// (True, None, True): no chunk list, no bytes copy, no slice assignment. Otherwise
+    /// (succeeded, value, False), as `_resolve`.
+    fn _resolve_into(
+        &self,
+        py: Python<'_>,
+        target: &Bound<'_, PyList>,
+        offset: usize,
+        size: usize,
+    ) -> PyResult<(bool, Py<PyAny>, bool)> {
+        if !self.wait_until(py, None, true)? {
+            return Err(TimeoutError::new_err(()));
+        }
+        if self.decoded.get(py).is_none() && offset + size <= target.len() {
+            let plain = self.slot.with_outcome(|outcome| match outcome {
+                Some(Outcome::Value(Pickled::Inline(bytes))) => {
+                    fastpickle::parse_plain_list(bytes).filter(|items| items.len() == size)
+                }
+                _ => None,
+            });
+            if let Some(items) = plain {
+                fastpickle::place_plain(target, offset, &items)?;
+                // A chunk's handle is internal to its map: its values now live in `target`.
+                let _ = self.decoded.set(py, (true, py.None()));
+                let _ = self.slot.take_outcome();
+                return Ok((true, py.None(), true));
+            }
+        }
+        let (ok, value) = self.decode(py)?;
+        Ok((*ok, value.clone_ref(py), false))
+    }
+
     /// True once the outcome arrived, even if callbacks have not run yet.
     fn _arrived(&self) -> bool {
         matches!(self.slot.phase(), Phase::Arrived | Phase::Done)

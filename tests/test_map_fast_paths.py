@@ -1,16 +1,20 @@
-"""`Pool.map` chunks of plain numbers are pickled straight from the input list
-(`rpool._rpool.pickle_list_slice`); what the workers unpickle must equal the slice."""
+"""`Pool.map`'s fast paths: chunks of plain numbers are pickled straight from the input list
+(`rpool._rpool.pickle_list_slice`) and result chunks of plain numbers are decoded straight into
+the map's list (what arrives must equal what was sent, value and type); chunks finishing while
+the map is still sent are set aside and handed back to the notifier."""
 
 from __future__ import annotations
 
 import enum
 import math
 import pickle
+import types
 
 import _tasks
 import pytest
 import rpool
 from rpool import _rpool
+from rpool._runtime import Runtime
 
 EDGES = [
     0,
@@ -95,3 +99,41 @@ def test_map_mixes_native_and_pickled_chunks(ctx):
     with rpool.Pool(2, context=ctx) as pool:
         assert pool.map(_tasks.identity, items, chunksize=7) == items
         assert pool.map(_tasks.square, list(range(1000))) == [i * i for i in range(1000)]
+
+
+def test_plain_results_arrive_unchanged(ctx):
+    # Every edge value (and nan) as a result, natively decoded or not, in order and type.
+    items = (EDGES + [float("nan"), 2**64, -(2**70)]) * 50
+    with rpool.Pool(2, context=ctx) as pool:
+        _same(pool.map(_tasks.identity, items, chunksize=9), items)
+        _same(pool.map(_tasks.identity, items), items)
+
+
+class _Entry:
+    def __init__(self, task_id):
+        self.handle = types.SimpleNamespace(task_id=task_id)
+        self.completed = 0
+
+    def _rpool_complete(self):
+        self.completed += 1
+
+
+@pytest.mark.parametrize("stopping", [False, True])
+def test_set_aside_chunks_are_completed_even_if_the_notifier_is_stopping(stopping):
+    # `Runtime.hand_back` returns a map's set-aside chunks to the notifier; when the notifier
+    # is stopping (it may not look again), the handing thread completes them itself.
+    renotified = []
+    runtime = types.SimpleNamespace(
+        pending={},
+        core=types.SimpleNamespace(renotify=renotified.extend),
+        _notifier_stop=stopping,
+    )
+    entries = [_Entry(7), _Entry(8)]
+    Runtime.hand_back(runtime, entries)  # type: ignore[arg-type]
+    assert renotified == [7, 8]
+    if stopping:
+        assert [e.completed for e in entries] == [1, 1]
+        assert runtime.pending == {}
+    else:
+        assert [e.completed for e in entries] == [0, 0]
+        assert runtime.pending == {7: entries[0], 8: entries[1]}
