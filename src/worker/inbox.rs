@@ -114,16 +114,25 @@ impl Inbox {
             if !state.ever_granted || state.closed {
                 return None;
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            state = self
-                .cond
-                .wait_timeout(state, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            state = self.wait_before(state, deadline)?;
         }
+    }
+
+    /// One wait on the condvar, unless `deadline` has passed (then `None`).
+    fn wait_before<'a>(
+        &'a self,
+        state: MutexGuard<'a, InboxState>,
+        deadline: Instant,
+    ) -> Option<MutexGuard<'a, InboxState>> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        let (state, _) = self
+            .cond
+            .wait_timeout(state, left)
+            .unwrap_or_else(PoisonError::into_inner);
+        Some(state)
     }
 
     fn push_grant(&self, grant: (u64, u64)) {
@@ -164,15 +173,10 @@ impl Inbox {
         let deadline = Instant::now() + grace;
         let mut state = self.lock();
         while !state.loop_finished {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
+            match self.wait_before(state, deadline) {
+                Some(waited) => state = waited,
+                None => return false,
             }
-            state = self
-                .cond
-                .wait_timeout(state, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
         }
         true
     }
