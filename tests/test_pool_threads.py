@@ -20,9 +20,13 @@ def _work(pool, barrier, t):
     base = t * 1000
     asyncs = [pool.apply_async(_tasks.add, (base, i)) for i in range(30)]
     mapped = pool.map(_tasks.square, range(base, base + 100))
+    # A list: chunks cut and sent as they go (the native path), many of them finishing while
+    # this and the other threads still send theirs.
+    listed = pool.map(_tasks.square, list(range(base, base + 2000)), chunksize=16)
     imapped = list(pool.imap(_tasks.square, range(base, base + 100), chunksize=7))
     unordered = sorted(pool.imap_unordered(_tasks.identity, range(base, base + 50)))
     starred = pool.starmap_async(_tasks.add, [(base, i) for i in range(20)])
+    assert listed == [i * i for i in range(base, base + 2000)]
     return (
         [r.get(timeout=GET_TIMEOUT) for r in asyncs],
         mapped,
