@@ -216,13 +216,17 @@ class MapResult(EventResult[list[Any]]):
             return True
 
     def _target(self) -> list[Any] | None:
-        """The map's result list (made on first use) while results still go into it."""
+        """The map's result list while results still go into it."""
         with self._lock:
             if self._event.is_set() or not self._success:
                 return None
-            if self._results is None:
-                self._results = [None] * self._capacity
-            return self._results
+            return self._results_locked()
+
+    def _results_locked(self) -> list[Any]:
+        """The result list, made on first use (call holding ``_lock``)."""
+        if self._results is None:
+            self._results = [None] * self._capacity
+        return self._results
 
     def _add_chunk(self, runtime: Runtime, handle: Any, size: int) -> None:
         """Registers the next chunk (chunks are added in input order)."""
@@ -258,9 +262,7 @@ class MapResult(EventResult[list[Any]]):
                 self._results = None
                 finished = True
             else:
-                results = self._results
-                if results is None:
-                    results = self._results = [None] * self._capacity
+                results = self._results_locked()
                 if not placed:
                     results[entry.index : entry.index + entry.size] = value
                 self._left -= 1

@@ -324,8 +324,6 @@ impl Engine {
         events.pop_front()
     }
 
-    /// Waits up to `timeout` for completed `notify` tasks and takes all of them (returns at
-    /// once after [`Engine::shutdown`]).
     /// Queues completion notices again, for tasks the notifier set aside (a map's chunks that
     /// finished while the map was still being sent).
     pub fn renotify(&self, ids: &[u64]) {
@@ -333,6 +331,8 @@ impl Engine {
         self.shared.push_notices(&mut ids);
     }
 
+    /// Waits up to `timeout` for completed `notify` tasks and takes all of them (returns at
+    /// once after [`Engine::shutdown`]).
     pub fn take_notices(&self, timeout: Duration) -> Vec<TaskId> {
         let mut notices = self.shared.notices.lock();
         if notices.is_empty() && !self.stopped.load(Ordering::SeqCst) {

@@ -1,4 +1,5 @@
-//! Pickles a slice of a list of plain numbers straight from the list, for `Pool.map` chunks.
+//! `Pool.map`'s native paths for plain numbers: a chunk is pickled straight from the input
+//! list, and a result chunk's pickle is decoded straight into the map's result list.
 //!
 //! `pickle.dumps(items[a:b])` takes a reference to every item twice (the slice, then the
 //! pickler), and each reference count change writes to the item. Right after the workers are
@@ -11,7 +12,6 @@
 //! Under the GIL, with no Python code running in between, the list cannot change while it is
 //! read.
 
-use pyo3::exceptions::PyValueError;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyFloat, PyList};
@@ -69,51 +69,54 @@ pub(crate) fn pickle_list_slice<'py>(
     Some(PyBytes::new(items.py(), &out))
 }
 
-/// What one list item is, read without touching its reference count.
+/// A plain value: what the native paths handle.
 pub(crate) enum Plain {
     None,
     Bool(bool),
     Int(i64),
     Float(f64),
-    /// Anything else (or an int beyond 64 bits).
-    Other,
 }
 
-/// Reads `item`: the caller holds the GIL and borrows `item` from a list that keeps it alive.
-fn classify(item: *mut ffi::PyObject) -> Plain {
+/// Reads `item` without touching its reference count; `None` for anything that is not a
+/// plain value (including an int beyond 64 bits). The caller holds the GIL and borrows `item`
+/// from a list that keeps it alive.
+fn classify(item: *mut ffi::PyObject) -> Option<Plain> {
     // SAFETY: `item` is a live object borrowed from a list while the GIL is held (see the
     // caller). These calls only compare pointers and read its type and value:
     // `PyLong_AsLongLongAndOverflow` on an exact int neither runs Python code nor changes a
     // reference count, and any error it reports is cleared.
     unsafe {
         if item == ffi::Py_None() {
-            Plain::None
+            Some(Plain::None)
         } else if item == ffi::Py_True() {
-            Plain::Bool(true)
+            Some(Plain::Bool(true))
         } else if item == ffi::Py_False() {
-            Plain::Bool(false)
+            Some(Plain::Bool(false))
         } else if ffi::PyLong_CheckExact(item) != 0 {
             let mut overflow = 0;
             let value = ffi::PyLong_AsLongLongAndOverflow(item, &mut overflow);
             if overflow != 0 {
-                Plain::Other
+                None
             } else if value == -1 && !ffi::PyErr_Occurred().is_null() {
                 ffi::PyErr_Clear();
-                Plain::Other
+                None
             } else {
-                Plain::Int(value)
+                Some(Plain::Int(value))
             }
         } else if ffi::PyFloat_CheckExact(item) != 0 {
-            Plain::Float(ffi::PyFloat_AS_DOUBLE(item))
+            Some(Plain::Float(ffi::PyFloat_AS_DOUBLE(item)))
         } else {
-            Plain::Other
+            None
         }
     }
 }
 
 /// Appends the opcodes for one item; false if its type is not handled here.
 fn encode_item(item: *mut ffi::PyObject, out: &mut Vec<u8>) -> bool {
-    match classify(item) {
+    let Some(plain) = classify(item) else {
+        return false;
+    };
+    match plain {
         Plain::None => out.push(NONE),
         Plain::Bool(true) => out.push(NEWTRUE),
         Plain::Bool(false) => out.push(NEWFALSE),
@@ -122,7 +125,6 @@ fn encode_item(item: *mut ffi::PyObject, out: &mut Vec<u8>) -> bool {
             out.push(BINFLOAT);
             out.extend_from_slice(&value.to_be_bytes());
         }
-        Plain::Other => return false,
     }
     true
 }
@@ -234,7 +236,6 @@ pub(crate) fn place_plain(
             Plain::Bool(value) => PyBool::new(py, value).to_owned().into_any(),
             Plain::Int(value) => value.into_pyobject(py)?.into_any(),
             Plain::Float(value) => PyFloat::new(py, value).into_any(),
-            Plain::Other => return Err(PyValueError::new_err("not a plain value")),
         };
         target.set_item(offset + k, object)?;
     }

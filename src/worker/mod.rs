@@ -94,12 +94,15 @@ impl Channel {
             results,
         })
     }
-}
 
-impl Channel {
+    /// Whether this process opened it (a forked child inherits the static, not the reader).
+    fn opened_here(&self) -> bool {
+        self.pid == posix::current_pid()
+    }
+
     /// Whether this channel was opened in this process for these descriptors.
     fn serves(&self, task_fd: RawFd, result_fd: RawFd) -> bool {
-        self.pid == posix::current_pid() && self.task_fd == task_fd && self.result_fd == result_fd
+        self.opened_here() && self.task_fd == task_fd && self.result_fd == result_fd
     }
 }
 
@@ -127,7 +130,7 @@ pub(crate) fn send_init_failure(result_fd: RawFd, payload: &[u8]) -> PyResult<()
     let written = match channel.as_ref() {
         // Through the channel's pipe lock, so no frame the reader thread writes (an answer to
         // a steal) can interleave with a large failure report.
-        Some(channel) if channel.pid == posix::current_pid() && channel.result_fd == result_fd => {
+        Some(channel) if channel.opened_here() && channel.result_fd == result_fd => {
             channel.results.write_parts(&[&out])
         }
         _ => posix::write_all(result_fd, &out),
