@@ -398,3 +398,7 @@ class SlowToPickle:
     def __reduce__(self):
         time.sleep(self.delay)
         return (int, (self.value,))
+
+
+def echo_args(*args):
+    return args

@@ -20,6 +20,14 @@ class Core:
         front: int,
         timeout: float | None = None,
     ) -> AsyncResult: ...
+    def submit_plain_call(
+        self,
+        func_id: int,
+        args: tuple[Any, ...],
+        notify: bool,
+        front: int,
+        timeout: float | None = None,
+    ) -> AsyncResult | None: ...
     def submit_many(
         self,
         kind: int,
@@ -80,6 +88,7 @@ SPLIT_PICKLE_MAGIC: bytes
 
 def default_chunksize(length: int, workers: int) -> int: ...
 def pickle_list_slice(items: list[Any], start: int, stop: int) -> bytes | None: ...
+def pickle_call_args(args: tuple[Any, ...]) -> bytes | None: ...
 def prepare_worker(task_fd: int, result_fd: int, expected_parent: int) -> None: ...
 def worker_loop(
     task_fd: int, result_fd: int, codec: Any, pool_pid: int, max_tasks: int | None = None

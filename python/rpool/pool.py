@@ -157,16 +157,24 @@ class Pool(PoolFront):
         if kwds is not None and type(kwds) is not dict:
             kwds = dict(kwds)
         func_id = runtime.func_id(func)
-        payload = pickle_call(runtime, func, func_id, args, kwds)
-        if isinstance(payload, BaseException):
-            if error_callback is not None:
-                error_callback(payload)
-            return _FailedResult(payload)
-        # A call with large buffers is resolved by the notifier as soon as it arrives, like one
-        # with callbacks: its result then frees its shared-memory segment for the next result
-        # instead of holding it until `get()` (a fresh segment costs ~4 ms per 8 MiB).
-        notify = callback is not None or error_callback is not None or type(payload) is not bytes
-        handle = runtime.core.submit(KIND_CALL, func_id, payload, notify, FRONT_POOL, timeout)
+        notify = callback is not None or error_callback is not None
+        # Plain arguments are pickled natively; anything else returns None.
+        handle = (
+            None
+            if kwds
+            else runtime.core.submit_plain_call(func_id, args, notify, FRONT_POOL, timeout)
+        )
+        if handle is None:
+            payload = pickle_call(runtime, func, func_id, args, kwds)
+            if isinstance(payload, BaseException):
+                if error_callback is not None:
+                    error_callback(payload)
+                return _FailedResult(payload)
+            # A call with large buffers is resolved by the notifier as soon as it arrives, like
+            # one with callbacks: its result then frees its shared-memory segment for the next
+            # result instead of holding it until `get()` (a fresh segment costs ~4 ms / 8 MiB).
+            notify = notify or type(payload) is not bytes
+            handle = runtime.core.submit(KIND_CALL, func_id, payload, notify, FRONT_POOL, timeout)
         if notify:
             runtime.pending[handle.task_id] = CallbackEntry(handle, callback, error_callback)
         return handle

@@ -225,6 +225,8 @@ pub(super) fn run(shared: Arc<Shared>, commands: Receiver<Command>) {
 impl IoLoop {
     fn run(&mut self, commands: &Receiver<Command>) {
         loop {
+            // Before looking at anything a wake may announce (commands, the result gauge).
+            self.shared.wake.rearm();
             while let Ok(command) = commands.try_recv() {
                 if !self.handle_command(command) {
                     self.fail_everything(|| Outcome::Terminated);

@@ -4,6 +4,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
@@ -147,6 +148,9 @@ pub(crate) fn poll(fds: &mut [PollFd], timeout_ms: i32) -> io::Result<usize> {
 /// A non-blocking eventfd used to wake the I/O thread from any thread.
 pub(crate) struct WakeFd {
     fd: OwnedFd,
+    /// Set by the first `wake` since the loop last called `rearm`: later wakes skip the
+    /// `write` (and the wake-up it costs) because the loop is bound to look again anyway.
+    signalled: AtomicBool,
 }
 
 impl WakeFd {
@@ -155,16 +159,30 @@ impl WakeFd {
         let raw = check(unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) })?;
         // SAFETY: `raw` is a fresh descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        Ok(Self { fd })
+        Ok(Self {
+            fd,
+            signalled: AtomicBool::new(false),
+        })
     }
 
     pub(crate) fn raw(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
 
-    /// Makes the descriptor readable. Never blocks (a full counter still means "readable").
+    /// Makes the descriptor readable, unless a wake since the last `rearm` already did.
+    /// Whatever the caller published before this call is seen by the loop after its next
+    /// `rearm`. Never blocks (a full counter still means "readable").
     pub(crate) fn wake(&self) {
-        let _ = write(self.raw(), &1u64.to_ne_bytes());
+        // AcqRel: the release half publishes the caller's work to the loop's `rearm`.
+        if !self.signalled.swap(true, Ordering::AcqRel) {
+            let _ = write(self.raw(), &1u64.to_ne_bytes());
+        }
+    }
+
+    /// Called by the loop before it looks for work: wakes from here on write again.
+    pub(crate) fn rearm(&self) {
+        // AcqRel: the acquire half makes work published before skipped wakes visible.
+        self.signalled.swap(false, Ordering::AcqRel);
     }
 
     /// Resets the descriptor to "not readable".

@@ -11,10 +11,13 @@
 //!
 //! Under the GIL, with no Python code running in between, the list cannot change while it is
 //! read.
+//!
+//! A single call's arguments take a similar path when they are all plain numbers or strings
+//! (`pickle_call_args`): per-task `submit`/`apply_async` then skip the pickler.
 
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyBytes, PyFloat, PyList};
+use pyo3::types::{PyBool, PyBytes, PyFloat, PyList, PyString, PyTuple};
 
 const PROTO: u8 = 0x80;
 const PROTOCOL: u8 = 5;
@@ -157,70 +160,229 @@ fn encode_int(value: i64, out: &mut Vec<u8>) {
     }
 }
 
+const EMPTY_TUPLE: u8 = b')';
+const TUPLE: u8 = b't';
+const TUPLE1: u8 = 0x85;
+const TUPLE2: u8 = 0x86;
+const TUPLE3: u8 = 0x87;
+const SHORT_BINUNICODE: u8 = 0x8c;
+const BINUNICODE: u8 = b'X';
+
+/// `pickle_call_args` for Python (the tests compare it with `pickle.loads`).
+#[pyfunction]
+#[pyo3(name = "pickle_call_args")]
+pub(crate) fn pickle_call_args_py<'py>(args: &Bound<'py, PyTuple>) -> Option<Bound<'py, PyBytes>> {
+    pickle_call_args(args).map(|data| PyBytes::new(args.py(), &data))
+}
+
+/// A call's payload as the workers read it, `pickle.dumps((args, None))`, written here when
+/// every argument is a plain number or a `str`: `submit(f, 5)` then costs no pickler, no
+/// bytes object and no large allocation. `None` for anything else (the caller pickles).
+pub(crate) fn pickle_call_args(args: &Bound<'_, PyTuple>) -> Option<Vec<u8>> {
+    let count = args.len();
+    let mut out = Vec::with_capacity(8 + count * 10);
+    out.extend_from_slice(&[PROTO, PROTOCOL]);
+    if count > 3 {
+        out.push(MARK);
+    }
+    for arg in args.iter_borrowed() {
+        let item = arg.as_ptr();
+        if !encode_item(item, &mut out) && !encode_str(item, &mut out) {
+            return None;
+        }
+    }
+    out.push(match count {
+        0 => EMPTY_TUPLE,
+        1 => TUPLE1,
+        2 => TUPLE2,
+        3 => TUPLE3,
+        _ => TUPLE,
+    });
+    out.extend_from_slice(&[NONE, TUPLE2, STOP]);
+    Some(out)
+}
+
+/// Appends an exact `str` as `pickle` does (UTF-8); false for anything else, or for a string
+/// UTF-8 cannot encode (lone surrogates: `pickle` has its own escape for those).
+fn encode_str(item: *mut ffi::PyObject, out: &mut Vec<u8>) -> bool {
+    // SAFETY: `item` is a live object borrowed from a tuple the caller holds, with the GIL
+    // held. `PyUnicode_AsUTF8AndSize` on an exact str runs no Python code; it may cache the
+    // UTF-8 form inside the string (as `pickle` would) and reports failure with NULL, whose
+    // error is cleared. The returned buffer lives as long as the string.
+    unsafe {
+        if ffi::PyUnicode_CheckExact(item) == 0 {
+            return false;
+        }
+        let mut size: ffi::Py_ssize_t = 0;
+        let data = ffi::PyUnicode_AsUTF8AndSize(item, &mut size);
+        if data.is_null() {
+            ffi::PyErr_Clear();
+            return false;
+        }
+        let Ok(len) = u32::try_from(size) else {
+            return false;
+        };
+        if len < 256 {
+            out.extend_from_slice(&[SHORT_BINUNICODE, len as u8]);
+        } else {
+            out.push(BINUNICODE);
+            out.extend_from_slice(&len.to_le_bytes());
+        }
+        out.extend_from_slice(std::slice::from_raw_parts(data.cast::<u8>(), len as usize));
+    }
+    true
+}
+
 // Opcodes `pickle.dumps` adds around a list (protocol 4+): frames and memo entries.
 const FRAME: u8 = 0x95;
 const MEMOIZE: u8 = 0x94;
 const APPEND: u8 = b'a';
 
-/// Parses what `pickle.dumps` writes for a list of plain numbers (exact ints, floats, bools,
-/// None; protocol 2 to 5, framed or not). `None` for anything else, which the caller unpickles
-/// the usual way.
-pub(crate) fn parse_plain_list(data: &[u8]) -> Option<Vec<Plain>> {
-    let mut at = 0;
-    let mut next = |n: usize| -> Option<&[u8]> {
-        let bytes = data.get(at..at + n)?;
-        at += n;
-        Some(bytes)
-    };
-    if next(1)? != [PROTO] || !(2..=5).contains(&next(1)?[0]) {
-        return None;
+/// Reads a pickle front to back.
+struct Cursor<'a> {
+    data: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    /// After the PROTO opcode of protocol 2 to 5; `None` if the data does not start so.
+    fn after_proto(data: &'a [u8]) -> Option<Self> {
+        let mut cursor = Self { data, at: 0 };
+        if cursor.take(1)? != [PROTO] || !(2..=5).contains(&cursor.byte()?) {
+            return None;
+        }
+        Some(cursor)
     }
-    let mut items = Vec::new();
-    let mut seen_list = false;
-    loop {
-        let op = next(1)?[0];
-        match op {
-            FRAME => {
-                next(8)?;
+
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let bytes = self.data.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(bytes)
+    }
+
+    fn byte(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+
+    /// The next opcode, past any FRAME opcodes (framing only groups the bytes).
+    fn opcode(&mut self) -> Option<u8> {
+        loop {
+            match self.byte()? {
+                FRAME => {
+                    self.take(8)?;
+                }
+                op => return Some(op),
             }
-            MEMOIZE if seen_list => {}
-            EMPTY_LIST if !seen_list => seen_list = true,
-            MARK | APPENDS | APPEND if seen_list => {}
-            STOP => return seen_list.then_some(items),
-            NONE if seen_list => items.push(Plain::None),
-            NEWTRUE if seen_list => items.push(Plain::Bool(true)),
-            NEWFALSE if seen_list => items.push(Plain::Bool(false)),
-            BININT1 if seen_list => items.push(Plain::Int(i64::from(next(1)?[0]))),
-            BININT2 if seen_list => {
-                let b = next(2)?;
-                items.push(Plain::Int(i64::from(u16::from_le_bytes([b[0], b[1]]))));
+        }
+    }
+
+    /// The plain number (or None/bool) that opcode `op` starts; `None` for any other opcode.
+    fn plain(&mut self, op: u8) -> Option<Plain> {
+        Some(match op {
+            NONE => Plain::None,
+            NEWTRUE => Plain::Bool(true),
+            NEWFALSE => Plain::Bool(false),
+            BININT1 => Plain::Int(i64::from(self.byte()?)),
+            BININT2 => {
+                let b = self.take(2)?;
+                Plain::Int(i64::from(u16::from_le_bytes([b[0], b[1]])))
             }
-            BININT if seen_list => {
-                let b = next(4)?;
-                items.push(Plain::Int(i64::from(i32::from_le_bytes([
-                    b[0], b[1], b[2], b[3],
-                ]))));
+            BININT => {
+                let b = self.take(4)?;
+                Plain::Int(i64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])))
             }
-            LONG1 if seen_list => {
-                let n = usize::from(next(1)?[0]);
+            LONG1 => {
+                let n = usize::from(self.byte()?);
                 if n == 0 || n > 8 {
                     return None;
                 }
-                let b = next(n)?;
+                let b = self.take(n)?;
                 // Sign-extend the little-endian two's complement bytes to 8.
                 let fill = if b[n - 1] & 0x80 != 0 { 0xff } else { 0 };
                 let mut word = [fill; 8];
                 word[..n].copy_from_slice(b);
-                items.push(Plain::Int(i64::from_le_bytes(word)));
+                Plain::Int(i64::from_le_bytes(word))
             }
-            BINFLOAT if seen_list => {
+            BINFLOAT => {
                 let mut word = [0u8; 8];
-                word.copy_from_slice(next(8)?);
-                items.push(Plain::Float(f64::from_be_bytes(word)));
+                word.copy_from_slice(self.take(8)?);
+                Plain::Float(f64::from_be_bytes(word))
             }
             _ => return None,
+        })
+    }
+}
+
+/// Parses what `pickle.dumps` writes for a list of plain numbers (exact ints, floats, bools,
+/// None; protocol 2 to 5, framed or not). `None` for anything else, which the caller unpickles
+/// the usual way.
+pub(crate) fn parse_plain_list(data: &[u8]) -> Option<Vec<Plain>> {
+    let mut cursor = Cursor::after_proto(data)?;
+    if cursor.opcode()? != EMPTY_LIST {
+        return None;
+    }
+    let mut items = Vec::new();
+    loop {
+        match cursor.opcode()? {
+            MEMOIZE | MARK | APPENDS | APPEND => {}
+            STOP => return Some(items),
+            op => items.push(cursor.plain(op)?),
         }
     }
+}
+
+/// A single result as `parse_plain_value` finds it.
+pub(crate) enum PlainValue<'a> {
+    Number(Plain),
+    /// A `str`'s UTF-8 bytes, as pickled.
+    Str(&'a [u8]),
+}
+
+/// Parses what `pickle.dumps` writes for one plain number or one `str` (protocol 2 to 5,
+/// framed or not), the common result of a per-task call. `None` for anything else.
+pub(crate) fn parse_plain_value(data: &[u8]) -> Option<PlainValue<'_>> {
+    let mut cursor = Cursor::after_proto(data)?;
+    let value = match cursor.opcode()? {
+        SHORT_BINUNICODE => {
+            let len = usize::from(cursor.byte()?);
+            PlainValue::Str(cursor.take(len)?)
+        }
+        BINUNICODE => {
+            let b = cursor.take(4)?;
+            let len = usize::try_from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])).ok()?;
+            PlainValue::Str(cursor.take(len)?)
+        }
+        op => PlainValue::Number(cursor.plain(op)?),
+    };
+    let mut op = cursor.opcode()?;
+    if op == MEMOIZE {
+        op = cursor.opcode()?;
+    }
+    (op == STOP && cursor.at == data.len()).then_some(value)
+}
+
+/// The object for one plain value; `None` for a string that is not valid UTF-8 (`pickle`
+/// lets lone surrogates through), which the caller unpickles the usual way.
+pub(crate) fn plain_value_object<'py>(
+    py: Python<'py>,
+    value: &PlainValue<'_>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    Ok(Some(match value {
+        PlainValue::Number(number) => plain_object(py, number)?,
+        PlainValue::Str(bytes) => match std::str::from_utf8(bytes) {
+            Ok(text) => PyString::new(py, text).into_any(),
+            Err(_) => return Ok(None),
+        },
+    }))
+}
+
+fn plain_object<'py>(py: Python<'py>, item: &Plain) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match *item {
+        Plain::None => py.None().into_bound(py),
+        Plain::Bool(value) => PyBool::new(py, value).to_owned().into_any(),
+        Plain::Int(value) => value.into_pyobject(py)?.into_any(),
+        Plain::Float(value) => PyFloat::new(py, value).into_any(),
+    })
 }
 
 /// Writes `items` into `target[offset..offset + items.len()]` as new objects.
@@ -231,13 +393,7 @@ pub(crate) fn place_plain(
 ) -> PyResult<()> {
     let py = target.py();
     for (k, item) in items.iter().enumerate() {
-        let object = match *item {
-            Plain::None => py.None().into_bound(py),
-            Plain::Bool(value) => PyBool::new(py, value).to_owned().into_any(),
-            Plain::Int(value) => value.into_pyobject(py)?.into_any(),
-            Plain::Float(value) => PyFloat::new(py, value).into_any(),
-        };
-        target.set_item(offset + k, object)?;
+        target.set_item(offset + k, plain_object(py, item)?)?;
     }
     Ok(())
 }
@@ -301,5 +457,49 @@ mod tests {
         assert!(parse_plain_list(b"\x80\x05]\x94\x8c\x01x\x94a.").is_none());
         assert!(parse_plain_list(b"\x80\x05]\x94(K\x01").is_none());
         assert!(parse_plain_list(b"\x80\x05K\x01.").is_none());
+    }
+
+    fn number(data: &[u8]) -> Option<i64> {
+        match parse_plain_value(data)? {
+            PlainValue::Number(Plain::Int(value)) => Some(value),
+            _ => None,
+        }
+    }
+
+    fn text(data: &[u8]) -> Option<&[u8]> {
+        match parse_plain_value(data)? {
+            PlainValue::Str(bytes) => Some(bytes),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn parses_only_single_plain_values() {
+        // pickle.dumps(5, 5), pickle.dumps(-3, 5) (framed), pickle.dumps(2**40, 5)
+        assert_eq!(number(b"\x80\x05K\x05."), Some(5));
+        assert_eq!(
+            number(b"\x80\x05\x95\x06\x00\x00\x00\x00\x00\x00\x00J\xfd\xff\xff\xff."),
+            Some(-3)
+        );
+        assert_eq!(
+            number(b"\x80\x05\x95\t\x00\x00\x00\x00\x00\x00\x00\x8a\x06\x00\x00\x00\x00\x00\x01."),
+            Some(1 << 40)
+        );
+        // pickle.dumps('ab', 5) and pickle.dumps('x' * 300, 5): memoized strings.
+        assert_eq!(
+            text(b"\x80\x05\x95\x06\x00\x00\x00\x00\x00\x00\x00\x8c\x02ab\x94."),
+            Some(&b"ab"[..])
+        );
+        let mut long = b"\x80\x05X\x2c\x01\x00\x00".to_vec();
+        long.extend_from_slice(&[b'x'; 300]);
+        long.extend_from_slice(b"\x94.");
+        assert_eq!(text(&long).map(<[u8]>::len), Some(300));
+        // Truncated, trailing data, a list, a tuple, two values: not for this parser.
+        assert!(parse_plain_value(b"\x80\x05J\x01\x00.").is_none());
+        assert!(parse_plain_value(b"\x80\x05K\x05.K").is_none());
+        assert!(parse_plain_value(b"\x80\x05]\x94.").is_none());
+        assert!(parse_plain_value(b"\x80\x05K\x01\x85\x94.").is_none());
+        assert!(parse_plain_value(b"\x80\x05K\x01K\x02.").is_none());
+        assert!(parse_plain_value(b"\x80\x05\x8c\x05ab.").is_none());
     }
 }

@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyList};
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use crate::engine::chunking::{chunksize_for_len, AdaptiveChunker};
 use crate::engine::segments::{Pickled, Pinned};
@@ -103,6 +103,18 @@ fn load_value<'py>(py: Python<'py>, value: &Pickled) -> PyResult<Bound<'py, PyAn
         Pickled::Pinned(pinned) => LOADS_BUFFER
             .import(py, "rpool._split", "loads_buffer")?
             .call1((PyBytes::new(py, &pinned.to_vec()),)),
+    }
+}
+
+/// A single plain number or string decoded without `pickle` (see `fastpickle`); `None` for
+/// anything else.
+fn load_plain_value<'py>(py: Python<'py>, value: &Pickled) -> PyResult<Option<Bound<'py, PyAny>>> {
+    match value {
+        Pickled::Inline(bytes) => match fastpickle::parse_plain_value(bytes) {
+            Some(plain) => fastpickle::plain_value_object(py, &plain),
+            None => Ok(None),
+        },
+        _ => Ok(None),
     }
 }
 
@@ -231,6 +243,35 @@ impl Core {
         handles
             .pop()
             .ok_or_else(|| PoolError::InvalidArgument("no task queued".into()).into())
+    }
+
+    /// Queues the call `func(*args)` of a registered function when every argument is a plain
+    /// number or a `str`, pickled here (see `fastpickle`); returns `None`, queueing nothing,
+    /// for anything else, which the caller pickles and passes to `submit`.
+    #[pyo3(signature = (func_id, args, notify, front, timeout=None))]
+    fn submit_plain_call(
+        &self,
+        func_id: u64,
+        args: &Bound<'_, PyTuple>,
+        notify: bool,
+        front: u8,
+        timeout: Option<f64>,
+    ) -> PyResult<Option<AsyncResult>> {
+        if func_id == FuncId::INLINE.0 {
+            return Ok(None);
+        }
+        let Some(payload) = fastpickle::pickle_call_args(args) else {
+            return Ok(None);
+        };
+        let task = NewTask {
+            kind: FrameKind::Call,
+            func: self.func_def(func_id)?,
+            payload: Pickled::from(payload),
+            notify,
+            timeout: duration_from(timeout, "timeout")?,
+        };
+        let mut handles = self.handles(self.engine.submit(vec![task])?, front);
+        Ok(handles.pop())
     }
 
     /// Queues many tasks of one kind at once (one hand-off, one wake-up).
@@ -398,7 +439,10 @@ impl AsyncResult {
             let factory = failure_factory(py)?;
             let front = self.front;
             let (ok, value) = match outcome {
-                Outcome::Value(value) => match load_value(py, &value) {
+                Outcome::Value(value) => match load_plain_value(py, &value)
+                    .transpose()
+                    .unwrap_or_else(|| load_value(py, &value))
+                {
                     Ok(value) => (true, value),
                     // A result that cannot be unpickled here fails its own task, not the pool.
                     Err(err) => (
