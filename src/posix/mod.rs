@@ -443,4 +443,29 @@ mod tests {
         drop(w);
         assert!(own_fd(raw).is_err());
     }
+
+    /// The eventfd's counter (resetting it), or 0 if it was not readable.
+    fn wake_count(wake: &WakeFd) -> u64 {
+        let mut word = [0u8; 8];
+        match read(wake.raw(), &mut word) {
+            Ok(8) => u64::from_ne_bytes(word),
+            _ => 0,
+        }
+    }
+
+    #[test]
+    fn wakes_between_rearms_write_once() {
+        let wake = WakeFd::new().unwrap();
+        wake.wake();
+        wake.wake();
+        wake.wake();
+        assert_eq!(wake_count(&wake), 1);
+        // Not rearmed: the loop has not looked yet, so further wakes stay silent.
+        wake.wake();
+        assert_eq!(wake_count(&wake), 0);
+        wake.rearm();
+        wake.wake();
+        wake.wake();
+        assert_eq!(wake_count(&wake), 1);
+    }
 }
