@@ -11,6 +11,7 @@ import asyncio
 import concurrent.futures
 import concurrent.futures.process
 import itertools
+import threading
 from concurrent.futures import (
     ALL_COMPLETED,
     FIRST_COMPLETED,
@@ -102,6 +103,50 @@ def test_add_done_callback(executor):
     # Registered after completion: runs immediately, in this thread.
     future.add_done_callback(calls.append)
     assert calls == [future, future]
+
+
+@pytest.mark.timeout(120)
+def test_waiters_and_callbacks_racing_completion(executor):
+    # Futures complete without a lock while nobody waits on them; threads that start waiting,
+    # add callbacks or call wait() just as the results arrive must still see every result
+    # once, and every callback must run exactly once.
+    futures = [executor.submit(_tasks.square, i) for i in range(MANY)]
+    calls = [0] * MANY
+    calls_lock = threading.Lock()
+    errors = []
+
+    def count(index):
+        def callback(future):
+            with calls_lock:
+                calls[index] += 1
+
+        return callback
+
+    def worker(offset):
+        try:
+            for index in range(offset, MANY, 4):
+                future = futures[index]
+                if offset == 0:
+                    assert future.result(timeout=RESULT_TIMEOUT) == index * index
+                elif offset == 1:
+                    future.add_done_callback(count(index))
+                elif offset == 2:
+                    done, _ = wait([future], timeout=RESULT_TIMEOUT)
+                    assert done == {future}
+                else:
+                    assert future.exception(timeout=RESULT_TIMEOUT) is None
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(offset,)) for offset in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(RESULT_TIMEOUT * 2)
+    assert not errors
+    assert [f.result(timeout=RESULT_TIMEOUT) for f in futures] == [i * i for i in range(MANY)]
+    assert wait_until(lambda: sum(calls) == len(range(1, MANY, 4)), RESULT_TIMEOUT)
+    assert all(calls[i] == (1 if i % 4 == 1 else 0) for i in range(MANY))
 
 
 def test_cancel_before_start(executor, tmp_path):

@@ -155,17 +155,10 @@ class RpoolFuture(futures.Future):  # type: ignore[type-arg]
         return super().running()
 
     def _rpool_complete(self) -> None:
+        """Called by the notifier once the task's outcome arrived."""
         handle = self._rpool_handle
-        if handle is None:
-            return
-        ok, value = handle._resolve()
-        self._rpool_handle = None
-        if self._state != _base.PENDING and self._state != _base.RUNNING:
-            return
-        if ok:
-            self.set_result(value)
-        else:
-            self.set_exception(value)
+        if handle is not None:
+            handle._complete_future(self)
 
 
 class ProcessPoolExecutor(ExecutorFront, futures.Executor):

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
@@ -116,6 +117,26 @@ fn load_plain_value<'py>(py: Python<'py>, value: &Pickled) -> PyResult<Option<Bo
         },
         _ => Ok(None),
     }
+}
+
+/// `concurrent.futures`' state names that `AsyncResult._complete_future` reads and writes.
+struct FutureStates {
+    pending: Py<PyAny>,
+    running: Py<PyAny>,
+    finished: Py<PyAny>,
+}
+
+static FUTURE_STATES: PyOnceLock<FutureStates> = PyOnceLock::new();
+
+fn future_states(py: Python<'_>) -> PyResult<&FutureStates> {
+    FUTURE_STATES.get_or_try_init(py, || {
+        let base = py.import("concurrent.futures._base")?;
+        Ok::<_, PyErr>(FutureStates {
+            pending: base.getattr("PENDING")?.unbind(),
+            running: base.getattr("RUNNING")?.unbind(),
+            finished: base.getattr("FINISHED")?.unbind(),
+        })
+    })
 }
 
 static UNPICKLE_FAILURE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -602,6 +623,47 @@ impl AsyncResult {
         }
         let (ok, value) = self.decode(py)?;
         Ok((*ok, value.clone_ref(py)))
+    }
+
+    /// Completes `future`, an `rpool.executor.RpoolFuture`, with the outcome (after waiting
+    /// for it to arrive). While no thread has made the future's condition (nobody waits on it
+    /// and it has no callbacks yet), its result and state are set here in one step under the
+    /// GIL: no Python code runs between seeing no condition and marking it finished, so a
+    /// thread that makes the condition afterwards finds it finished. Otherwise the future's
+    /// own `set_result`/`set_exception` notify its waiters.
+    fn _complete_future(&self, py: Python<'_>, future: &Bound<'_, PyAny>) -> PyResult<()> {
+        if !self.wait_until(py, None, true)? {
+            return Err(TimeoutError::new_err(()));
+        }
+        let (ok, value) = self.decode(py)?;
+        let value = value.bind(py);
+        future.setattr(intern!(py, "_rpool_handle"), py.None())?;
+        let states = future_states(py)?;
+        let state = future.getattr(intern!(py, "_state"))?;
+        if !(state.eq(&states.pending)? || state.eq(&states.running)?) {
+            return Ok(()); // cancelled (or completed) meanwhile
+        }
+        if future.getattr(intern!(py, "_rpool_cond"))?.is_none() {
+            let slot = if *ok {
+                intern!(py, "_result")
+            } else {
+                intern!(py, "_exception")
+            };
+            future.setattr(slot, value)?;
+            future.setattr(intern!(py, "_state"), &states.finished)?;
+            // Runs Python code: only now, with the future finished.
+            if future
+                .getattr(intern!(py, "_rpool_done_callbacks"))?
+                .is_truthy()?
+            {
+                future.call_method0(intern!(py, "_invoke_callbacks"))?;
+            }
+        } else if *ok {
+            future.call_method1(intern!(py, "set_result"), (value,))?;
+        } else {
+            future.call_method1(intern!(py, "set_exception"), (value,))?;
+        }
+        Ok(())
     }
 
     /// For a map chunk: waits for the outcome and, when it is a list of `size` plain numbers
