@@ -31,7 +31,8 @@ from rpool._runtime import KIND_CALL, KIND_STARMAP, Runtime
 if TYPE_CHECKING:
     from rpool._insights import PoolStats
 
-# Guards the lazy creation of Future conditions (see RpoolFuture).
+# Guards the lazy creation of Future conditions (see RpoolFuture); the native completion
+# (`AsyncResult._complete_future`) holds it while it finishes a future that has none.
 _CONDITION_LOCK = threading.Lock()
 
 

@@ -270,7 +270,7 @@ impl IoLoop {
                 }
             }
             Command::AddWorker(id, spec) => {
-                let mut worker = Worker::new(id, spec);
+                let mut worker = Worker::new(id, *spec);
                 if self.released {
                     worker.out.push_frame(FrameKind::Shutdown, 0, 0, b"");
                     worker.releasing = true;

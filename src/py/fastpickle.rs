@@ -314,19 +314,25 @@ impl<'a> Cursor<'a> {
 }
 
 /// Parses what `pickle.dumps` writes for a list of plain numbers (exact ints, floats, bools,
-/// None; protocol 2 to 5, framed or not). `None` for anything else, which the caller unpickles
-/// the usual way.
-pub(crate) fn parse_plain_list(data: &[u8]) -> Option<Vec<Plain>> {
+/// None; protocol 2 to 5, framed or not), handing each item to `each` in order (stopping if
+/// it returns false). The number of items, or `None` for anything else (which the caller
+/// unpickles the usual way) and when `each` stopped; `each` may have seen a prefix then.
+pub(crate) fn visit_plain_list(data: &[u8], mut each: impl FnMut(Plain) -> bool) -> Option<usize> {
     let mut cursor = Cursor::after_proto(data)?;
     if cursor.opcode()? != EMPTY_LIST {
         return None;
     }
-    let mut items = Vec::new();
+    let mut count = 0;
     loop {
         match cursor.opcode()? {
             MEMOIZE | MARK | APPENDS | APPEND => {}
-            STOP => return Some(items),
-            op => items.push(cursor.plain(op)?),
+            STOP => return Some(count),
+            op => {
+                if !each(cursor.plain(op)?) {
+                    return None;
+                }
+                count += 1;
+            }
         }
     }
 }
@@ -385,17 +391,24 @@ fn plain_object<'py>(py: Python<'py>, item: &Plain) -> PyResult<Bound<'py, PyAny
     })
 }
 
-/// Writes `items` into `target[offset..offset + items.len()]` as new objects.
-pub(crate) fn place_plain(
+/// Writes the items of `data`, a pickled list of plain numbers that `visit_plain_list`
+/// accepted, into `target[offset..]` as new objects.
+pub(crate) fn place_plain_list(
     target: &Bound<'_, PyList>,
     offset: usize,
-    items: &[Plain],
+    data: &[u8],
 ) -> PyResult<()> {
     let py = target.py();
-    for (k, item) in items.iter().enumerate() {
-        target.set_item(offset + k, plain_object(py, item)?)?;
-    }
-    Ok(())
+    let mut index = offset;
+    let mut failure = None;
+    visit_plain_list(data, |item| {
+        match plain_object(py, &item).and_then(|object| target.set_item(index, object)) {
+            Ok(()) => index += 1,
+            Err(err) => failure = Some(err),
+        }
+        failure.is_none()
+    });
+    failure.map_or(Ok(()), Err)
 }
 
 #[cfg(test)]
@@ -434,7 +447,12 @@ mod tests {
     fn parses_only_plain_lists() {
         // pickle.dumps([1, 300, -5, 2**40, 1.5, None, True, False], 5)
         let framed = b"\x80\x05\x95\x23\x00\x00\x00\x00\x00\x00\x00]\x94(K\x01M,\x01J\xfb\xff\xff\xff\x8a\x06\x00\x00\x00\x00\x00\x01G?\xf8\x00\x00\x00\x00\x00\x00N\x88\x89e.";
-        let items = parse_plain_list(framed).unwrap();
+        let mut items = Vec::new();
+        let count = visit_plain_list(framed, |item| {
+            items.push(item);
+            true
+        });
+        assert_eq!(count, Some(8));
         let ints: Vec<i64> = items
             .iter()
             .filter_map(|p| match p {
@@ -445,18 +463,14 @@ mod tests {
         assert_eq!(ints, vec![1, 300, -5, 1 << 40]);
         assert_eq!(items.len(), 8);
         // pickle.dumps([7], 2): one APPEND, no frame.
-        assert_eq!(
-            parse_plain_list(b"\x80\x02]q\x00K\x07a.").map(|v| v.len()),
-            None
-        );
-        assert_eq!(
-            parse_plain_list(b"\x80\x05]\x94K\x07a.").map(|v| v.len()),
-            Some(1)
-        );
+        assert_eq!(visit_plain_list(b"\x80\x02]q\x00K\x07a.", |_| true), None);
+        assert_eq!(visit_plain_list(b"\x80\x05]\x94K\x07a.", |_| true), Some(1));
         // A string, a truncated pickle, a bare int: not for this parser.
-        assert!(parse_plain_list(b"\x80\x05]\x94\x8c\x01x\x94a.").is_none());
-        assert!(parse_plain_list(b"\x80\x05]\x94(K\x01").is_none());
-        assert!(parse_plain_list(b"\x80\x05K\x01.").is_none());
+        assert!(visit_plain_list(b"\x80\x05]\x94\x8c\x01x\x94a.", |_| true).is_none());
+        assert!(visit_plain_list(b"\x80\x05]\x94(K\x01", |_| true).is_none());
+        assert!(visit_plain_list(b"\x80\x05K\x01.", |_| true).is_none());
+        // A visitor that stops: no count.
+        assert!(visit_plain_list(framed, |_| false).is_none());
     }
 
     fn number(data: &[u8]) -> Option<i64> {

@@ -119,11 +119,13 @@ fn load_plain_value<'py>(py: Python<'py>, value: &Pickled) -> PyResult<Option<Bo
     }
 }
 
-/// `concurrent.futures`' state names that `AsyncResult._complete_future` reads and writes.
+/// What `AsyncResult._complete_future` uses: `concurrent.futures`' state names and the lock
+/// that guards making a future's condition.
 struct FutureStates {
     pending: Py<PyAny>,
     running: Py<PyAny>,
     finished: Py<PyAny>,
+    condition_lock: Py<PyAny>,
 }
 
 static FUTURE_STATES: PyOnceLock<FutureStates> = PyOnceLock::new();
@@ -135,6 +137,10 @@ fn future_states(py: Python<'_>) -> PyResult<&FutureStates> {
             pending: base.getattr("PENDING")?.unbind(),
             running: base.getattr("RUNNING")?.unbind(),
             finished: base.getattr("FINISHED")?.unbind(),
+            condition_lock: py
+                .import("rpool.executor")?
+                .getattr("_CONDITION_LOCK")?
+                .unbind(),
         })
     })
 }
@@ -627,10 +633,10 @@ impl AsyncResult {
 
     /// Completes `future`, an `rpool.executor.RpoolFuture`, with the outcome (after waiting
     /// for it to arrive). While no thread has made the future's condition (nobody waits on it
-    /// and it has no callbacks yet), its result and state are set here in one step under the
-    /// GIL: no Python code runs between seeing no condition and marking it finished, so a
-    /// thread that makes the condition afterwards finds it finished. Otherwise the future's
-    /// own `set_result`/`set_exception` notify its waiters.
+    /// and it has no callbacks), its result and state are set here, under the lock that
+    /// guards making conditions (`rpool.executor._CONDITION_LOCK`); otherwise the future's
+    /// own `set_result`/`set_exception` notify its waiters under its condition. The same
+    /// protocol as `RpoolFuture._finish_without_waiters`, without its Python frames.
     fn _complete_future(&self, py: Python<'_>, future: &Bound<'_, PyAny>) -> PyResult<()> {
         if !self.wait_until(py, None, true)? {
             return Err(TimeoutError::new_err(()));
@@ -643,7 +649,12 @@ impl AsyncResult {
         if !(state.eq(&states.pending)? || state.eq(&states.running)?) {
             return Ok(()); // cancelled (or completed) meanwhile
         }
-        if future.getattr(intern!(py, "_rpool_cond"))?.is_none() {
+        let lock = states.condition_lock.bind(py);
+        lock.call_method0(intern!(py, "acquire"))?;
+        let finished_here = (|| -> PyResult<bool> {
+            if !future.getattr(intern!(py, "_rpool_cond"))?.is_none() {
+                return Ok(false);
+            }
             let slot = if *ok {
                 intern!(py, "_result")
             } else {
@@ -651,18 +662,18 @@ impl AsyncResult {
             };
             future.setattr(slot, value)?;
             future.setattr(intern!(py, "_state"), &states.finished)?;
-            // Runs Python code: only now, with the future finished.
-            if future
-                .getattr(intern!(py, "_rpool_done_callbacks"))?
-                .is_truthy()?
-            {
-                future.call_method0(intern!(py, "_invoke_callbacks"))?;
-            }
-        } else if *ok {
-            future.call_method1(intern!(py, "set_result"), (value,))?;
-        } else {
-            future.call_method1(intern!(py, "set_exception"), (value,))?;
+            Ok(true)
+        })();
+        lock.call_method0(intern!(py, "release"))?;
+        if finished_here? {
+            return Ok(()); // no condition: no waiters, no callbacks
         }
+        let method = if *ok {
+            intern!(py, "set_result")
+        } else {
+            intern!(py, "set_exception")
+        };
+        future.call_method1(method, (value,))?;
         Ok(())
     }
 
@@ -681,18 +692,21 @@ impl AsyncResult {
             return Err(TimeoutError::new_err(()));
         }
         if self.decoded.get(py).is_none() && offset + size <= target.len() {
+            // Checked in place (no copy, no item list); then taken out of the slot, so that
+            // the objects are made without holding its lock.
             let plain = self.slot.with_outcome(|outcome| match outcome {
                 Some(Outcome::Value(Pickled::Inline(bytes))) => {
-                    fastpickle::parse_plain_list(bytes).filter(|items| items.len() == size)
+                    fastpickle::visit_plain_list(bytes, |_| true) == Some(size)
                 }
-                _ => None,
+                _ => false,
             });
-            if let Some(items) = plain {
-                fastpickle::place_plain(target, offset, &items)?;
-                // A chunk's handle is internal to its map: its values now live in `target`.
-                let _ = self.decoded.set(py, (true, py.None()));
-                let _ = self.slot.take_outcome();
-                return Ok((true, py.None(), true));
+            if plain {
+                if let Some(Outcome::Value(Pickled::Inline(bytes))) = self.slot.take_outcome() {
+                    fastpickle::place_plain_list(target, offset, &bytes)?;
+                    // A chunk's handle is internal to its map: its values now live in `target`.
+                    let _ = self.decoded.set(py, (true, py.None()));
+                    return Ok((true, py.None(), true));
+                }
             }
         }
         let (ok, value) = self.decode(py)?;
