@@ -162,6 +162,29 @@ class RpoolFuture(futures.Future):  # type: ignore[type-arg]
             handle._complete_future(self)
 
 
+def _seed_shared_attribute_names() -> None:
+    """CPython 3.11 keeps a class's instance attributes in one shared key table, but adds a
+    name to it only while few instances exist (the room shrinks with each new instance): a
+    name first set after that (`_result` on the first completion, `_rpool_cond` on the first
+    wait) gives every later future a dict of its own, one more allocation and one more object
+    for the garbage collector each. Setting every name once, on a throwaway future made
+    before any real one, keeps them all in the shared table."""
+    seed = RpoolFuture()
+    for name in (
+        "_rpool_handle",
+        "_rpool_pending",
+        "_result",
+        "_exception",
+        "_rpool_cond",
+        "_rpool_waiters",
+        "_rpool_done_callbacks",
+    ):
+        setattr(seed, name, None)
+
+
+_seed_shared_attribute_names()
+
+
 class ProcessPoolExecutor(ExecutorFront, futures.Executor):
     """A process pool with the `concurrent.futures.ProcessPoolExecutor` API.
 
