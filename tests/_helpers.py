@@ -6,9 +6,10 @@ test process (and in the small scripts that some reliability tests launch).
 
 from __future__ import annotations
 
+import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 # Helper processes multiprocessing starts on its own; they are not pool workers.
@@ -83,3 +84,16 @@ def wait_started(started_dir: Path, count: int, timeout: float = 30.0) -> set[in
 def release(path: Path) -> None:
     """Let every `_tasks.block_until(path, ...)` return."""
     path.touch()
+
+
+def assert_same_values(a: Sequence[object], b: Sequence[object]) -> None:
+    """Equal item by item, also in type, with nan == nan and -0.0 told from 0.0."""
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert type(x) is type(y), (x, y)
+        if isinstance(x, float):
+            assert isinstance(y, float)
+            assert math.copysign(1.0, x) == math.copysign(1.0, y)
+            assert (math.isnan(x) and math.isnan(y)) or x == y, (x, y)
+        else:
+            assert x == y, (x, y)

@@ -7,7 +7,6 @@ anything else (keyword arguments, subclasses, big ints, lone surrogates, contain
 from __future__ import annotations
 
 import enum
-import math
 import pickle
 
 import _tasks
@@ -15,6 +14,7 @@ import pytest
 import rpool
 import rpool.executor
 import rpool.pool
+from _helpers import assert_same_values
 from rpool import _rpool
 
 PLAIN = [
@@ -55,18 +55,6 @@ class Name(str):
 NOT_PLAIN = [2**64, -(2**63) - 1, Colour.RED, Name("n"), "\udc80", b"raw", [1], (1,), {"a": 1}]
 
 
-def _same(a, b):
-    """Equal item by item, also in type, with nan == nan and -0.0 told from 0.0."""
-    assert len(a) == len(b)
-    for x, y in zip(a, b, strict=True):
-        assert type(x) is type(y), (x, y)
-        if isinstance(x, float):
-            assert math.copysign(1.0, x) == math.copysign(1.0, y)
-            assert (math.isnan(x) and math.isnan(y)) or x == y, (x, y)
-        else:
-            assert x == y, (x, y)
-
-
 @pytest.mark.parametrize("count", [0, 1, 2, 3, 4, 7])
 def test_plain_arguments_round_trip(count):
     args = tuple(PLAIN[:count]) if count < 7 else tuple(PLAIN)
@@ -74,14 +62,14 @@ def test_plain_arguments_round_trip(count):
     assert data is not None
     loaded_args, kwargs = pickle.loads(data)
     assert kwargs is None
-    _same(loaded_args, args)
+    assert_same_values(loaded_args, args)
 
 
 def test_every_plain_value_alone_round_trips():
     for value in PLAIN:
         data = _rpool.pickle_call_args((value,))
         assert data is not None, value
-        _same(pickle.loads(data)[0], (value,))
+        assert_same_values(pickle.loads(data)[0], (value,))
 
 
 @pytest.mark.parametrize("odd", NOT_PLAIN, ids=repr)
@@ -116,7 +104,7 @@ def test_executor_submit_delivers_arguments_unchanged(ctx, pickled_calls):
         odd = [ex.submit(_tasks.echo_args, value) for value in NOT_PLAIN]
         keyword = ex.submit(_tasks.sleep_and_return, 0, value="kw")
         for value, future in zip(PLAIN, plain, strict=True):
-            _same(future.result(timeout=30), (value, 7, "k"))
+            assert_same_values(future.result(timeout=30), (value, 7, "k"))
         for value, future in zip(NOT_PLAIN, odd, strict=True):
             result = future.result(timeout=30)
             assert type(result[0]) is type(value) and result == (value,)
@@ -133,7 +121,7 @@ def test_pool_apply_async_delivers_arguments_unchanged(ctx, pickled_calls):
         with_callback = pool.apply_async(_tasks.echo_args, [5, 6], callback=done.append)
         odd = [pool.apply_async(_tasks.echo_args, (value,)) for value in NOT_PLAIN]
         for value, result in zip(PLAIN, plain, strict=True):
-            _same(result.get(timeout=30), (value, "v"))
+            assert_same_values(result.get(timeout=30), (value, "v"))
         assert with_callback.get(timeout=30) == (5, 6)
         for value, result in zip(NOT_PLAIN, odd, strict=True):
             got = result.get(timeout=30)
@@ -150,8 +138,8 @@ def test_single_plain_results_arrive_unchanged(ctx):
     with rpool.ProcessPoolExecutor(2, mp_context=ctx) as ex:
         futures = [ex.submit(_tasks.identity, value) for value in values]
         results = [future.result(timeout=30) for future in futures]
-    _same(results[: len(PLAIN)], PLAIN)
+    assert_same_values(results[: len(PLAIN)], PLAIN)
     for value, result in zip(values[len(PLAIN) :], results[len(PLAIN) :], strict=True):
         assert type(result) is type(value) and result == value
     with rpool.Pool(2, context=ctx) as pool:
-        _same([pool.apply(_tasks.identity, (value,)) for value in PLAIN], PLAIN)
+        assert_same_values([pool.apply(_tasks.identity, (value,)) for value in PLAIN], PLAIN)

@@ -6,13 +6,13 @@ the map is still sent are set aside and handed back to the notifier."""
 from __future__ import annotations
 
 import enum
-import math
 import pickle
 import types
 
 import _tasks
 import pytest
 import rpool
+from _helpers import assert_same_values
 from rpool import _rpool
 from rpool._runtime import Runtime
 
@@ -44,23 +44,11 @@ EDGES = [
 ]
 
 
-def _same(a, b):
-    """Equal item by item, also in type, with nan == nan and -0.0 told from 0.0."""
-    assert len(a) == len(b)
-    for x, y in zip(a, b, strict=True):
-        assert type(x) is type(y), (x, y)
-        if isinstance(x, float):
-            assert math.copysign(1.0, x) == math.copysign(1.0, y)
-            assert (math.isnan(x) and math.isnan(y)) or x == y, (x, y)
-        else:
-            assert x == y, (x, y)
-
-
 def test_edges_round_trip():
     items = EDGES + [float("nan")]
     data = _rpool.pickle_list_slice(items, 0, len(items))
     assert data is not None
-    _same(pickle.loads(data), items)
+    assert_same_values(pickle.loads(data), items)
 
 
 @pytest.mark.parametrize(("start", "stop"), [(0, 0), (3, 3), (2, 9), (0, 2500), (1234, 2500)])
@@ -105,8 +93,8 @@ def test_plain_results_arrive_unchanged(ctx):
     # Every edge value (and nan) as a result, natively decoded or not, in order and type.
     items = (EDGES + [float("nan"), 2**64, -(2**70)]) * 50
     with rpool.Pool(2, context=ctx) as pool:
-        _same(pool.map(_tasks.identity, items, chunksize=9), items)
-        _same(pool.map(_tasks.identity, items), items)
+        assert_same_values(pool.map(_tasks.identity, items, chunksize=9), items)
+        assert_same_values(pool.map(_tasks.identity, items), items)
 
 
 class _Entry:
