@@ -83,6 +83,10 @@ pub(crate) enum Plain {
 /// Reads `item` without touching its reference count; `None` for anything that is not a
 /// plain value (including an int beyond 64 bits). The caller holds the GIL and borrows `item`
 /// from a list that keeps it alive.
+// The per-item helpers below are forced inline: once `encode_item` gained a second caller
+// (`pickle_call_args`) the compiler stopped inlining it into `pickle_list_slice`'s loop, which
+// cost the parent ~2 ms of CPU per 1M-item map (A/B: 35.3 vs 33.0 ms parent CPU).
+#[inline(always)]
 fn classify(item: *mut ffi::PyObject) -> Option<Plain> {
     // SAFETY: `item` is a live object borrowed from a list while the GIL is held (see the
     // caller). These calls only compare pointers and read its type and value:
@@ -115,6 +119,7 @@ fn classify(item: *mut ffi::PyObject) -> Option<Plain> {
 }
 
 /// Appends the opcodes for one item; false if its type is not handled here.
+#[inline(always)]
 fn encode_item(item: *mut ffi::PyObject, out: &mut Vec<u8>) -> bool {
     let Some(plain) = classify(item) else {
         return false;
@@ -134,6 +139,7 @@ fn encode_item(item: *mut ffi::PyObject, out: &mut Vec<u8>) -> bool {
 
 /// `pickle`'s int opcodes: unsigned 1 and 2 bytes, signed 4 bytes, else LONG1 with the
 /// shortest two's-complement little-endian form.
+#[inline(always)]
 fn encode_int(value: i64, out: &mut Vec<u8>) {
     if (0..=0xff).contains(&value) {
         out.extend_from_slice(&[BININT1, value as u8]);
@@ -435,6 +441,7 @@ pub(crate) fn plain_value_object<'py>(
     }))
 }
 
+#[inline(always)]
 fn plain_object<'py>(py: Python<'py>, item: &Plain) -> PyResult<Bound<'py, PyAny>> {
     Ok(match *item {
         Plain::None => py.None().into_bound(py),
