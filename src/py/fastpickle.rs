@@ -451,24 +451,33 @@ fn plain_object<'py>(py: Python<'py>, item: &Plain) -> PyResult<Bound<'py, PyAny
     })
 }
 
-/// Writes the items of `data`, a pickled list of plain numbers that `visit_plain_list`
-/// accepted, into `target[offset..]` as new objects.
+/// Writes the items of `data` into `target[offset..offset + size]` as new objects, when
+/// `data` is a pickled list of exactly `size` plain numbers (see `visit_plain_list`); false
+/// otherwise, with a prefix of that range possibly written (never beyond it).
 pub(crate) fn place_plain_list(
     target: &Bound<'_, PyList>,
     offset: usize,
+    size: usize,
     data: &[u8],
-) -> PyResult<()> {
+) -> PyResult<bool> {
     let py = target.py();
+    let end = offset + size;
     let mut index = offset;
     let mut failure = None;
-    visit_plain_list(data, |item| {
+    let count = visit_plain_list(data, |item| {
+        if index >= end {
+            return false; // more items than expected
+        }
         match plain_object(py, &item).and_then(|object| target.set_item(index, object)) {
             Ok(()) => index += 1,
             Err(err) => failure = Some(err),
         }
         failure.is_none()
     });
-    failure.map_or(Ok(()), Err)
+    match failure {
+        Some(err) => Err(err),
+        None => Ok(count == Some(size)),
+    }
 }
 
 #[cfg(test)]

@@ -463,6 +463,13 @@ impl AsyncResult {
                 .slot
                 .take_outcome()
                 .ok_or_else(|| PyValueError::new_err("result is not ready"))?;
+            self.decode_outcome(py, outcome)
+        })
+    }
+
+    /// (succeeded, value or exception) for an outcome taken from the slot.
+    fn decode_outcome(&self, py: Python<'_>, outcome: Outcome) -> PyResult<(bool, Py<PyAny>)> {
+        {
             let factory = failure_factory(py)?;
             let front = self.front;
             let (ok, value) = match outcome {
@@ -538,8 +545,8 @@ impl AsyncResult {
                     ))?,
                 ),
             };
-            Ok::<_, PyErr>((ok, value.unbind()))
-        })
+            Ok((ok, value.unbind()))
+        }
     }
 
     fn wait_until(
@@ -691,22 +698,26 @@ impl AsyncResult {
         if !self.wait_until(py, None, true)? {
             return Err(TimeoutError::new_err(()));
         }
-        if self.decoded.get(py).is_none() && offset + size <= target.len() {
-            // Checked in place (no copy, no item list); then taken out of the slot, so that
-            // the objects are made without holding its lock.
-            let plain = self.slot.with_outcome(|outcome| match outcome {
-                Some(Outcome::Value(Pickled::Inline(bytes))) => {
-                    fastpickle::visit_plain_list(bytes, |_| true) == Some(size)
+        let inline_value = || {
+            self.slot
+                .with_outcome(|outcome| matches!(outcome, Some(Outcome::Value(Pickled::Inline(_)))))
+        };
+        if self.decoded.get(py).is_none() && offset + size <= target.len() && inline_value() {
+            // Taken out of the slot, so that the objects are made without holding its lock,
+            // and parsed once, straight into `target`.
+            if let Some(outcome) = self.slot.take_outcome() {
+                if let Outcome::Value(Pickled::Inline(bytes)) = &outcome {
+                    if fastpickle::place_plain_list(target, offset, size, bytes)? {
+                        // A chunk's handle is internal to its map: its values are in `target`.
+                        let _ = self.decoded.set(py, (true, py.None()));
+                        return Ok((true, py.None(), true));
+                    }
                 }
-                _ => false,
-            });
-            if plain {
-                if let Some(Outcome::Value(Pickled::Inline(bytes))) = self.slot.take_outcome() {
-                    fastpickle::place_plain_list(target, offset, &bytes)?;
-                    // A chunk's handle is internal to its map: its values now live in `target`.
-                    let _ = self.decoded.set(py, (true, py.None()));
-                    return Ok((true, py.None(), true));
-                }
+                // Not a list of `size` plain numbers: what `place_plain_list` may have written
+                // is overwritten by the caller with the value decoded here.
+                let (ok, value) = self.decode_outcome(py, outcome)?;
+                let _ = self.decoded.set(py, (ok, value.clone_ref(py)));
+                return Ok((ok, value, false));
             }
         }
         let (ok, value) = self.decode(py)?;
