@@ -184,6 +184,15 @@ def test_map_task_timeout(ctx):
         assert pool.apply(_tasks.square, (3,)) == 9
 
 
+@pytest.mark.parametrize("bad", [0, -1, float("nan")])
+def test_submit_with_rejects_a_bad_timeout(bad):
+    # Said as such (it was once reported as "cannot schedule new futures after shutdown").
+    with rpool.ProcessPoolExecutor(2) as ex:
+        with pytest.raises(ValueError, match="positive number of seconds"):
+            ex.submit_with(_tasks.add, (1, 2), timeout=bad)
+        assert ex.submit_with(_tasks.add, (1, 2), timeout=5).result(timeout=30) == 3
+
+
 def test_submit_with_timeout(ctx):
     with rpool.ProcessPoolExecutor(2, mp_context=ctx) as ex:
         slow = ex.submit_with(time.sleep, args=(30,), timeout=0.5)

@@ -302,6 +302,8 @@ class ProcessPoolExecutor(ExecutorFront, futures.Executor):
         ``timeout``: seconds the task may run; past it its worker is killed and replaced and
         the future fails with `rpool.TaskTimeoutError`.
         """
+        if timeout is not None and not timeout > 0:  # NaN too
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         return self._submit(fn, tuple(args), kwargs or {}, timeout)
 
     def _submit(
