@@ -72,6 +72,16 @@ def test_every_plain_value_alone_round_trips():
         assert_same_values(pickle.loads(data)[0], (value,))
 
 
+def test_a_string_passed_twice_is_left_to_pickle():
+    # pickle sends it once and the worker gets one object twice; the native path would not.
+    text = "".join(["shared"] * 10)
+    equal = "".join(["shared"] * 10)
+    assert text == equal and text is not equal
+    assert _rpool.pickle_call_args((text, 1, text)) is None
+    assert _rpool.pickle_call_args((text, 1, equal)) is not None
+    assert _rpool.pickle_call_args(tuple(str(i) for i in range(17))) is None
+
+
 @pytest.mark.parametrize("odd", NOT_PLAIN, ids=repr)
 def test_anything_else_is_left_to_pickle(odd):
     assert _rpool.pickle_call_args((1, odd)) is None

@@ -149,6 +149,22 @@ def test_waiters_and_callbacks_racing_completion(executor):
     assert all(calls[i] == (1 if i % 4 == 1 else 0) for i in range(MANY))
 
 
+def test_a_failing_completion_fails_the_future():
+    # If completing a future fails in the notifier (say, MemoryError while decoding), the
+    # future gets that error instead of staying pending with its waiters hanging.
+    from rpool.executor import RpoolFuture
+
+    class FailingHandle:
+        def _complete_future(self, future):
+            raise MemoryError("decoding failed")
+
+    future = RpoolFuture()
+    future._rpool_handle = FailingHandle()
+    with pytest.raises(MemoryError):
+        future._rpool_complete()
+    assert isinstance(future.exception(timeout=0), MemoryError)
+
+
 def test_cancel_before_start(executor, tmp_path):
     gate = tmp_path / "release"
     started = tmp_path / "started"

@@ -158,8 +158,15 @@ class RpoolFuture(futures.Future):  # type: ignore[type-arg]
     def _rpool_complete(self) -> None:
         """Called by the notifier once the task's outcome arrived."""
         handle = self._rpool_handle
-        if handle is not None:
+        if handle is None:
+            return
+        try:
             handle._complete_future(self)
+        except BaseException as exc:
+            # Never leave the future unresolved (its waiters would hang): fail it instead.
+            if self._state in (_base.PENDING, _base.RUNNING):
+                self.set_exception(exc)
+            raise
 
 
 def _seed_shared_attribute_names() -> None:

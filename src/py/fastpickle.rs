@@ -174,6 +174,10 @@ const TUPLE3: u8 = 0x87;
 const SHORT_BINUNICODE: u8 = 0x8c;
 const BINUNICODE: u8 = b'X';
 
+/// Calls with more `str` arguments than this go through `pickle` (the repeat check is
+/// quadratic).
+const MAX_NATIVE_STRINGS: usize = 16;
+
 /// `pickle_call_args` for Python (the tests compare it with `pickle.loads`).
 #[pyfunction]
 #[pyo3(name = "pickle_call_args")]
@@ -191,11 +195,21 @@ pub(crate) fn pickle_call_args(args: &Bound<'_, PyTuple>) -> Option<Vec<u8>> {
     if count > 3 {
         out.push(MARK);
     }
+    let mut strings: Vec<*mut ffi::PyObject> = Vec::new();
     for arg in args.iter_borrowed() {
         let item = arg.as_ptr();
-        if !encode_item(item, &mut out) && !encode_str(item, &mut out) {
+        if encode_item(item, &mut out) {
+            continue;
+        }
+        // `pickle` writes a string passed twice once (memo), and the worker then receives one
+        // object twice; leave such calls to it.
+        if strings.contains(&item) || strings.len() >= MAX_NATIVE_STRINGS {
             return None;
         }
+        if !encode_str(item, &mut out) {
+            return None;
+        }
+        strings.push(item);
     }
     out.push(match count {
         0 => EMPTY_TUPLE,

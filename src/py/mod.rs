@@ -706,18 +706,28 @@ impl AsyncResult {
             // Taken out of the slot, so that the objects are made without holding its lock,
             // and parsed once, straight into `target`.
             if let Some(outcome) = self.slot.take_outcome() {
-                if let Outcome::Value(Pickled::Inline(bytes)) = &outcome {
-                    if fastpickle::place_plain_list(target, offset, size, bytes)? {
-                        // A chunk's handle is internal to its map: its values are in `target`.
-                        let _ = self.decoded.set(py, (true, py.None()));
-                        return Ok((true, py.None(), true));
+                // The outcome is out of the slot now: an error from here on becomes the chunk's
+                // failure (a raised error would leave the map waiting for this chunk).
+                let placed = match &outcome {
+                    Outcome::Value(Pickled::Inline(bytes)) => {
+                        fastpickle::place_plain_list(target, offset, size, bytes)
                     }
-                }
-                // Not a list of `size` plain numbers: what `place_plain_list` may have written
-                // is overwritten by the caller with the value decoded here.
-                let (ok, value) = self.decode_outcome(py, outcome)?;
-                let _ = self.decoded.set(py, (ok, value.clone_ref(py)));
-                return Ok((ok, value, false));
+                    _ => Ok(false),
+                };
+                let in_target = matches!(placed, Ok(true));
+                let decoded = match placed {
+                    // A chunk's handle is internal to its map: its values are in `target`.
+                    Ok(true) => (true, py.None()),
+                    // Not a list of `size` plain numbers: what `place_plain_list` may have
+                    // written is overwritten by the caller with the value decoded here.
+                    Ok(false) => self
+                        .decode_outcome(py, outcome)
+                        .unwrap_or_else(|err| (false, err.into_value(py).into_any())),
+                    Err(err) => (false, err.into_value(py).into_any()),
+                };
+                let (ok, value) = (decoded.0, decoded.1.clone_ref(py));
+                let _ = self.decoded.set(py, decoded);
+                return Ok((ok, value, in_target));
             }
         }
         let (ok, value) = self.decode(py)?;
