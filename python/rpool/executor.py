@@ -67,8 +67,9 @@ _LAZY_LIST_LOCK = threading.Lock()
 class RpoolFuture(futures.Future):  # type: ignore[type-arg]
     """A real `concurrent.futures.Future` whose `threading.Condition` is created only when a
     thread actually waits on it (`result()`, `as_completed`, `wait`). Completion without
-    waiters skips the lock entirely, which makes a Future several times cheaper to create
-    and complete. Cancelling works while no worker has received the task."""
+    waiters never makes it (the notifier sets the result natively, see
+    `AsyncResult._complete_future`), which makes a Future several times cheaper to create and
+    complete. Cancelling works while no worker has received the task."""
 
     _waiters = _LazyList()
     _done_callbacks = _LazyList()
