@@ -12,8 +12,7 @@ import pickle
 import _tasks
 import pytest
 import rpool
-import rpool.executor
-import rpool.pool
+import rpool._fronts
 from _helpers import assert_same_values
 from rpool import _rpool
 
@@ -90,20 +89,16 @@ def test_anything_else_is_left_to_pickle(odd):
 
 @pytest.fixture
 def pickled_calls(monkeypatch):
-    """Records the calls that went through `pickle_call` (the non-native path)."""
+    """Records the calls that went through `pickle_call` (the non-native path, taken by
+    `rpool._fronts.queue_call` for both `submit` and `apply_async`)."""
     seen = []
+    original = rpool._fronts.pickle_call
 
-    def wrap(module):
-        original = module.pickle_call
+    def recording(runtime, func, func_id, args, kwds):
+        seen.append(args)
+        return original(runtime, func, func_id, args, kwds)
 
-        def recording(runtime, func, func_id, args, kwds):
-            seen.append(args)
-            return original(runtime, func, func_id, args, kwds)
-
-        monkeypatch.setattr(module, "pickle_call", recording)
-
-    wrap(rpool.executor)
-    wrap(rpool.pool)
+    monkeypatch.setattr(rpool._fronts, "pickle_call", recording)
     return seen
 
 

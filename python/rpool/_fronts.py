@@ -17,7 +17,7 @@ from typing import Any, Self
 from rpool import _cloud, _rpool
 from rpool._mapping import LazyMapIterator, check_chunksize
 from rpool._remote import PROTOCOL
-from rpool._runtime import Runtime
+from rpool._runtime import KIND_CALL, Runtime
 from rpool._split import SplitPickle, call_is_large
 
 # `Pool._state`: accepting tasks, closed (queued tasks still run), terminated.
@@ -90,6 +90,35 @@ def pickle_call(
             if error is exc:
                 error.add_note(describe_unpicklable(args, kwds or {}))
             return error
+
+
+def queue_call(
+    runtime: Runtime,
+    func: Callable[..., Any],
+    func_id: int,
+    args: tuple[Any, ...],
+    kwds: Mapping[str, Any] | None,
+    notify: bool,
+    front: int,
+    timeout: float | None,
+) -> Any:
+    """Queues the local call ``func(*args, **kwds)`` (`apply_async`, `submit`) and returns its
+    handle; or, if it cannot be pickled, returns the error to fail the call with. Plain
+    positional arguments are pickled natively (`Core.submit_plain_call`), anything else by
+    `pickle_call`. A call with large buffers is resolved by the notifier as soon as it
+    arrives, like one with callbacks (``handle.notifies``): its result then frees its
+    shared-memory segment for the next result instead of holding it until it is asked for (a
+    fresh segment costs ~4 ms per 8 MiB)."""
+    core = runtime.core
+    if not kwds:
+        handle = core.submit_plain_call(func_id, args, notify, front, timeout)
+        if handle is not None:
+            return handle
+    payload = pickle_call(runtime, func, func_id, args, kwds)
+    if isinstance(payload, BaseException):
+        return payload
+    notify = notify or type(payload) is not bytes
+    return core.submit(KIND_CALL, func_id, payload, notify, front, timeout)
 
 
 #: The call tuple is one level above the arguments `call_is_large` searched.

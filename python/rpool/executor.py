@@ -21,12 +21,12 @@ from rpool._fronts import (
     check_executor_options,
     map_deadline,
     map_sizing,
-    pickle_call,
+    queue_call,
 )
 from rpool._mapping import IMapIterator
 from rpool._progress import ProgressArg, make_progress
 from rpool._remote import FRONT_EXECUTOR
-from rpool._runtime import KIND_CALL, KIND_STARMAP, Runtime
+from rpool._runtime import KIND_STARMAP, Runtime
 
 if TYPE_CHECKING:
     from rpool._insights import PoolStats
@@ -326,22 +326,13 @@ class ProcessPoolExecutor(ExecutorFront, futures.Executor):
             runtime = self._live_runtime()  # starts the workers, or raises the right error
         future = RpoolFuture()
         func_id = runtime.func_id(fn)
-        core = runtime.core
         try:
-            # Plain arguments are pickled natively; anything else returns None.
-            handle = (
-                None
-                if kwargs
-                else core.submit_plain_call(func_id, args, True, FRONT_EXECUTOR, timeout)
-            )
-            if handle is None:
-                payload = pickle_call(runtime, fn, func_id, args, kwargs)
-                if isinstance(payload, BaseException):
-                    future.set_exception(payload)
-                    return future
-                handle = core.submit(KIND_CALL, func_id, payload, True, FRONT_EXECUTOR, timeout)
+            handle = queue_call(runtime, fn, func_id, args, kwargs, True, FRONT_EXECUTOR, timeout)
         except ValueError:  # closed concurrently by shutdown()
             raise RuntimeError("cannot schedule new futures after shutdown") from None
+        if isinstance(handle, BaseException):
+            future.set_exception(handle)
+            return future
         future._rpool_handle = handle
         future._rpool_pending = runtime.pending
         runtime.pending[handle.task_id] = future

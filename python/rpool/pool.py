@@ -19,7 +19,7 @@ from rpool._fronts import (
     TERMINATE,
     PoolFront,
     check_pool_options,
-    pickle_call,
+    queue_call,
 )
 from rpool._mapping import (
     IMapIterator,
@@ -31,7 +31,7 @@ from rpool._mapping import (
 )
 from rpool._progress import ProgressArg, make_progress
 from rpool._remote import FRONT_POOL, InitializerError
-from rpool._runtime import KIND_CALL, KIND_MAP, KIND_STARMAP, CallbackEntry, Runtime
+from rpool._runtime import KIND_MAP, KIND_STARMAP, CallbackEntry, Runtime
 
 if TYPE_CHECKING:
     from rpool._insights import PoolStats
@@ -158,24 +158,12 @@ class Pool(PoolFront):
             kwds = dict(kwds)
         func_id = runtime.func_id(func)
         notify = callback is not None or error_callback is not None
-        # Plain arguments are pickled natively; anything else returns None.
-        handle = (
-            None
-            if kwds
-            else runtime.core.submit_plain_call(func_id, args, notify, FRONT_POOL, timeout)
-        )
-        if handle is None:
-            payload = pickle_call(runtime, func, func_id, args, kwds)
-            if isinstance(payload, BaseException):
-                if error_callback is not None:
-                    error_callback(payload)
-                return _FailedResult(payload)
-            # A call with large buffers is resolved by the notifier as soon as it arrives, like
-            # one with callbacks: its result then frees its shared-memory segment for the next
-            # result instead of holding it until `get()` (a fresh segment costs ~4 ms / 8 MiB).
-            notify = notify or type(payload) is not bytes
-            handle = runtime.core.submit(KIND_CALL, func_id, payload, notify, FRONT_POOL, timeout)
-        if notify:
+        handle = queue_call(runtime, func, func_id, args, kwds, notify, FRONT_POOL, timeout)
+        if isinstance(handle, BaseException):
+            if error_callback is not None:
+                error_callback(handle)
+            return _FailedResult(handle)
+        if handle.notifies:
             runtime.pending[handle.task_id] = CallbackEntry(handle, callback, error_callback)
         return handle
 

@@ -274,7 +274,7 @@ impl<'a> Cursor<'a> {
         Some(cursor)
     }
 
-    // Small enough to inline into each parse.
+    // Small enough to inline into each parse (the list parser runs them per item).
     #[inline(always)]
     fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         let end = self.at.checked_add(n)?;
@@ -346,67 +346,22 @@ impl<'a> Cursor<'a> {
 /// it returns false). The number of items, or `None` for anything else (which the caller
 /// unpickles the usual way) and when `each` stopped; `each` may have seen a prefix then.
 pub(crate) fn visit_plain_list(data: &[u8], mut each: impl FnMut(Plain) -> bool) -> Option<usize> {
-    // One flat loop rather than `Cursor`, which the single-value parser uses: this runs for
-    // every item of every result chunk of a map.
-    let mut at: usize = 0;
-    let mut next = |n: usize| -> Option<&[u8]> {
-        let bytes = data.get(at..at.checked_add(n)?)?;
-        at += n;
-        Some(bytes)
-    };
-    if next(1)? != [PROTO] || !(2..=5).contains(&next(1)?[0]) {
+    let mut cursor = Cursor::after_proto(data)?;
+    if cursor.opcode()? != EMPTY_LIST {
         return None;
     }
     let mut count = 0;
-    let mut seen_list = false;
     loop {
-        let op = next(1)?[0];
-        let item = match op {
-            FRAME => {
-                next(8)?;
-                continue;
-            }
-            MEMOIZE | MARK | APPENDS | APPEND if seen_list => continue,
-            EMPTY_LIST if !seen_list => {
-                seen_list = true;
-                continue;
-            }
-            STOP => return seen_list.then_some(count),
-            NONE if seen_list => Plain::None,
-            NEWTRUE if seen_list => Plain::Bool(true),
-            NEWFALSE if seen_list => Plain::Bool(false),
-            BININT1 if seen_list => Plain::Int(i64::from(next(1)?[0])),
-            BININT2 if seen_list => {
-                let b = next(2)?;
-                Plain::Int(i64::from(u16::from_le_bytes([b[0], b[1]])))
-            }
-            BININT if seen_list => {
-                let b = next(4)?;
-                Plain::Int(i64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])))
-            }
-            LONG1 if seen_list => {
-                let n = usize::from(next(1)?[0]);
-                if n == 0 || n > 8 {
+        match cursor.opcode()? {
+            MEMOIZE | MARK | APPENDS | APPEND => {}
+            STOP => return Some(count),
+            op => {
+                if !each(cursor.plain(op)?) {
                     return None;
                 }
-                let b = next(n)?;
-                // Sign-extend the little-endian two's complement bytes to 8.
-                let fill = if b[n - 1] & 0x80 != 0 { 0xff } else { 0 };
-                let mut word = [fill; 8];
-                word[..n].copy_from_slice(b);
-                Plain::Int(i64::from_le_bytes(word))
+                count += 1;
             }
-            BINFLOAT if seen_list => {
-                let mut word = [0u8; 8];
-                word.copy_from_slice(next(8)?);
-                Plain::Float(f64::from_be_bytes(word))
-            }
-            _ => return None,
-        };
-        if !each(item) {
-            return None;
         }
-        count += 1;
     }
 }
 

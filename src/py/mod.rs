@@ -205,6 +205,29 @@ impl Core {
         }))
     }
 
+    /// Queues one task (`submit`, `submit_plain_call`) and returns its handle.
+    fn submit_one(
+        &self,
+        kind: FrameKind,
+        func_id: u64,
+        payload: Pickled,
+        notify: bool,
+        front: u8,
+        timeout: Option<f64>,
+    ) -> PyResult<AsyncResult> {
+        let task = NewTask {
+            kind,
+            func: self.func_def(func_id)?,
+            payload,
+            notify,
+            timeout: duration_from(timeout, "timeout")?,
+        };
+        let mut handles = self.handles(self.engine.submit(vec![task])?, front);
+        handles
+            .pop()
+            .ok_or_else(|| PoolError::InvalidArgument("no task queued".into()).into())
+    }
+
     fn handles(&self, slots: Vec<Arc<TaskSlot>>, front: u8) -> Vec<AsyncResult> {
         slots
             .into_iter()
@@ -259,17 +282,8 @@ impl Core {
         front: u8,
         timeout: Option<f64>,
     ) -> PyResult<AsyncResult> {
-        let task = NewTask {
-            kind: frame_kind(kind)?,
-            func: self.func_def(func_id)?,
-            payload: pickled_payload(payload)?,
-            notify,
-            timeout: duration_from(timeout, "timeout")?,
-        };
-        let mut handles = self.handles(self.engine.submit(vec![task])?, front);
-        handles
-            .pop()
-            .ok_or_else(|| PoolError::InvalidArgument("no task queued".into()).into())
+        let payload = pickled_payload(payload)?;
+        self.submit_one(frame_kind(kind)?, func_id, payload, notify, front, timeout)
     }
 
     /// Queues the call `func(*args)` of a registered function when every argument is a plain
@@ -290,15 +304,9 @@ impl Core {
         let Some(payload) = fastpickle::pickle_call_args(args) else {
             return Ok(None);
         };
-        let task = NewTask {
-            kind: FrameKind::Call,
-            func: self.func_def(func_id)?,
-            payload: Pickled::from(payload),
-            notify,
-            timeout: duration_from(timeout, "timeout")?,
-        };
-        let mut handles = self.handles(self.engine.submit(vec![task])?, front);
-        Ok(handles.pop())
+        let payload = Pickled::from(payload);
+        self.submit_one(FrameKind::Call, func_id, payload, notify, front, timeout)
+            .map(Some)
     }
 
     /// Queues many tasks of one kind at once (one hand-off, one wake-up).
@@ -469,84 +477,75 @@ impl AsyncResult {
 
     /// (succeeded, value or exception) for an outcome taken from the slot.
     fn decode_outcome(&self, py: Python<'_>, outcome: Outcome) -> PyResult<(bool, Py<PyAny>)> {
-        {
-            let factory = failure_factory(py)?;
-            let front = self.front;
-            let (ok, value) = match outcome {
-                Outcome::Value(value) => match load_plain_value(py, &value)
-                    .transpose()
-                    .unwrap_or_else(|| load_value(py, &value))
-                {
-                    Ok(value) => (true, value),
-                    // A result that cannot be unpickled here fails its own task, not the pool.
-                    Err(err) => (
-                        false,
-                        unpickle_failure(py)?.call1((err.into_value(py), front))?,
-                    ),
-                },
-                Outcome::TaskError(bytes) => (
+        let factory = failure_factory(py)?;
+        let front = self.front;
+        let (ok, value) = match outcome {
+            Outcome::Value(value) => match load_plain_value(py, &value)
+                .transpose()
+                .unwrap_or_else(|| load_value(py, &value))
+            {
+                Ok(value) => (true, value),
+                // A result that cannot be unpickled here fails its own task, not the pool.
+                Err(err) => (
                     false,
-                    factory.call1((
-                        "error",
-                        PyBytes::new(py, &bytes),
-                        front,
-                        0,
-                        None::<i32>,
-                        0.0,
-                    ))?,
+                    unpickle_failure(py)?.call1((err.into_value(py), front))?,
                 ),
-                Outcome::WorkerLost { pid, exitcode } => (
-                    false,
-                    factory.call1(("lost", py.None(), front, pid, exitcode, 0.0))?,
-                ),
-                Outcome::TaskTimeout { pid, limit } => (
-                    false,
-                    factory.call1((
-                        "timeout",
-                        py.None(),
-                        front,
-                        pid,
-                        None::<i32>,
-                        limit.as_secs_f64(),
-                    ))?,
-                ),
-                Outcome::InitFailed(bytes) => (
-                    false,
-                    factory.call1((
-                        "init",
-                        PyBytes::new(py, &bytes),
-                        front,
-                        0,
-                        None::<i32>,
-                        0.0,
-                    ))?,
-                ),
-                Outcome::StartupFailed { exitcode, attempts } => (
-                    false,
-                    factory.call1(("startup", py.None(), front, attempts as i32, exitcode, 0.0))?,
-                ),
-                Outcome::Terminated => (
-                    false,
-                    factory.call1(("terminated", py.None(), front, 0, None::<i32>, 0.0))?,
-                ),
-                Outcome::Cancelled => (
-                    false,
-                    factory.call1(("cancelled", py.None(), front, 0, None::<i32>, 0.0))?,
-                ),
-                Outcome::Protocol(message) => (
-                    false,
-                    factory.call1((
-                        "protocol",
-                        PyBytes::new(py, message.as_bytes()),
-                        front,
-                        0,
-                        None::<i32>,
-                        0.0,
-                    ))?,
-                ),
-            };
-            Ok((ok, value.unbind()))
-        }
+            },
+            Outcome::TaskError(bytes) => (
+                false,
+                factory.call1((
+                    "error",
+                    PyBytes::new(py, &bytes),
+                    front,
+                    0,
+                    None::<i32>,
+                    0.0,
+                ))?,
+            ),
+            Outcome::WorkerLost { pid, exitcode } => (
+                false,
+                factory.call1(("lost", py.None(), front, pid, exitcode, 0.0))?,
+            ),
+            Outcome::TaskTimeout { pid, limit } => (
+                false,
+                factory.call1((
+                    "timeout",
+                    py.None(),
+                    front,
+                    pid,
+                    None::<i32>,
+                    limit.as_secs_f64(),
+                ))?,
+            ),
+            Outcome::InitFailed(bytes) => (
+                false,
+                factory.call1(("init", PyBytes::new(py, &bytes), front, 0, None::<i32>, 0.0))?,
+            ),
+            Outcome::StartupFailed { exitcode, attempts } => (
+                false,
+                factory.call1(("startup", py.None(), front, attempts as i32, exitcode, 0.0))?,
+            ),
+            Outcome::Terminated => (
+                false,
+                factory.call1(("terminated", py.None(), front, 0, None::<i32>, 0.0))?,
+            ),
+            Outcome::Cancelled => (
+                false,
+                factory.call1(("cancelled", py.None(), front, 0, None::<i32>, 0.0))?,
+            ),
+            Outcome::Protocol(message) => (
+                false,
+                factory.call1((
+                    "protocol",
+                    PyBytes::new(py, message.as_bytes()),
+                    front,
+                    0,
+                    None::<i32>,
+                    0.0,
+                ))?,
+            ),
+        };
+        Ok((ok, value.unbind()))
     }
 
     fn wait_until(
@@ -614,6 +613,12 @@ impl AsyncResult {
         Ok(self
             .slot
             .with_outcome(|o| matches!(o, Some(Outcome::Value(_)))))
+    }
+
+    /// Whether the notifier is told when the task finishes (callbacks, futures, large values).
+    #[getter]
+    fn notifies(&self) -> bool {
+        self.slot.notify
     }
 
     /// Task id, unique within the pool.
