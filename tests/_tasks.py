@@ -402,3 +402,10 @@ class SlowToPickle:
 
 def echo_args(*args):
     return args
+
+
+def stop_at_three(x, *_rest):
+    """Raises StopIteration for 3: a bug that `map` would turn into silently missing results."""
+    if x == 3:
+        raise StopIteration("three")
+    return x

@@ -6,6 +6,8 @@ the map is still sent are set aside and handed back to the notifier."""
 from __future__ import annotations
 
 import enum
+import functools
+import operator
 import pickle
 import types
 
@@ -14,7 +16,10 @@ import pytest
 import rpool
 from _helpers import assert_same_values
 from rpool import _rpool
+from rpool._codec import run_map, run_starmap
 from rpool._runtime import Runtime
+
+GET_TIMEOUT = 30
 
 EDGES = [
     0,
@@ -125,3 +130,71 @@ def test_set_aside_chunks_are_completed_even_if_the_notifier_is_stopping(stoppin
     else:
         assert [e.completed for e in entries] == [0, 0]
         assert runtime.pending == {7: entries[0], 8: entries[1]}
+
+
+# --- the worker's chunk runners ------------------------------------------------------------
+
+
+class _Adder:
+    def __init__(self, k):
+        self.k = k
+
+    def add(self, x):
+        return x + self.k
+
+
+@pytest.mark.parametrize(
+    "func",
+    [_tasks.square, _Adder(5).add, abs, str, functools.partial(operator.mul, 3), lambda x: -x],
+    ids=["function", "bound method", "builtin", "type", "partial", "lambda"],
+)
+def test_run_map_matches_the_builtin_map_for_every_kind_of_callable(func):
+    items = list(range(-50, 50))
+    assert run_map(func, items) == list(map(func, items))
+    assert run_starmap(operator.add, [(i, 1) for i in items]) == [i + 1 for i in items]
+
+
+@pytest.mark.parametrize("func", [_tasks.stop_at_three, next], ids=["function", "builtin"])
+def test_run_map_reports_stop_iteration_instead_of_cutting_the_chunk(func):
+    items = [0, 1, 2, 3, 4] if func is _tasks.stop_at_three else [iter([1]), iter([])]
+    with pytest.raises(RuntimeError, match="raised StopIteration in a map") as info:
+        run_map(func, items)
+    if func is _tasks.stop_at_three:  # the comprehension keeps the original as the cause
+        assert isinstance(info.value.__cause__, StopIteration)
+    with pytest.raises(RuntimeError, match="raised StopIteration in a map"):
+        run_starmap(_tasks.stop_at_three, [(i,) for i in range(5)])
+
+
+def test_stop_iteration_in_a_task_fails_every_map_kind_loudly(ctx):
+    # `list(map(...))` in the worker used to end the chunk early: Pool.map returned None in
+    # the missing places and imap/Executor.map dropped items without a word.
+    items = list(range(8))
+    with rpool.Pool(2, context=ctx) as pool:
+        calls = {
+            "map": lambda: pool.map(_tasks.stop_at_three, items, chunksize=4),
+            "starmap": lambda: pool.starmap(_tasks.stop_at_three, [(i,) for i in items]),
+            "imap": lambda: list(pool.imap(_tasks.stop_at_three, items, chunksize=4)),
+            "imap_unordered": lambda: list(pool.imap_unordered(_tasks.stop_at_three, items)),
+        }
+        for name, call in calls.items():
+            with pytest.raises(RuntimeError, match="StopIteration") as info:
+                call()
+            remote = str(info.value.__cause__)
+            # Where the worker ran a comprehension (a plain function), the original shows.
+            assert ("StopIteration: three" in remote) == (name != "starmap"), name
+        assert pool.map(_tasks.square, items) == [i * i for i in items]  # the pool still works
+    with rpool.ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        with pytest.raises(RuntimeError, match="StopIteration"):
+            list(ex.map(_tasks.stop_at_three, items, chunksize=4, timeout=GET_TIMEOUT))
+
+
+def test_large_plain_result_chunks_and_the_worker_after_them(ctx):
+    # A 300k-float chunk's results (2.7 MB pickled) leave through a shared-memory segment
+    # straight from the worker's scratch buffer; a 600k-float chunk (5.4 MB) grows that buffer
+    # past what is kept between tasks (4 MiB), so it is dropped; small chunks follow.
+    items = [i / 7 for i in range(600_000)]
+    with rpool.Pool(2, context=ctx) as pool:
+        assert pool.map(_tasks.identity, items, chunksize=300_000) == items
+        big = [float(i) for i in range(1_200_000)]
+        assert pool.map(_tasks.identity, big, chunksize=600_000) == big
+        assert pool.map(_tasks.square, range(3000)) == [i * i for i in range(3000)]

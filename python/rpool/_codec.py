@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import itertools
 import pickle
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -62,12 +63,39 @@ def _encode_result_error_executor(exc: BaseException, value: object) -> bytes:
     return encode_exception(exc)
 
 
-def _run_map(func: Any, items: Any) -> list[Any]:
-    return list(map(func, items))
+# Calls that CPython 3.11+ makes without a C-level call when they sit in a comprehension:
+# for these `[func(x) for x in items]` is 10-18 % faster than `list(map(func, items))`; for
+# builtins, types and partials `map` stays faster (measured on 200k ints; README, Pool.map).
+_COMPREHENSION_CALLABLES = (types.FunctionType, types.MethodType)
 
 
-def _run_starmap(func: Any, items: Any) -> list[Any]:
-    return list(itertools.starmap(func, items))
+def _stop_iteration_error(func: Any) -> RuntimeError:
+    return RuntimeError(
+        f"{func!r} raised StopIteration in a map; rpool reports it as RuntimeError (as a "
+        "generator would, PEP 479) so that it cannot silently cut the results short"
+    )
+
+
+def run_map(func: Any, items: list[Any]) -> list[Any]:
+    """``[func(x) for x in items]``, the fastest way for the type of `func`. A StopIteration
+    from `func` becomes RuntimeError: `map` would end early and lose the rest of the chunk."""
+    if type(func) in _COMPREHENSION_CALLABLES:
+        try:
+            return [func(item) for item in items]
+        except StopIteration as exc:
+            raise _stop_iteration_error(func) from exc
+    results = list(map(func, items))
+    if len(results) != len(items):  # `map` ended early: `func` raised StopIteration
+        raise _stop_iteration_error(func)
+    return results
+
+
+def run_starmap(func: Any, items: list[Any]) -> list[Any]:
+    """``[func(*args) for args in items]``; StopIteration as in `run_map`."""
+    results = list(itertools.starmap(func, items))
+    if len(results) != len(items):
+        raise _stop_iteration_error(func)
+    return results
 
 
 class WorkerCodec:
@@ -82,8 +110,8 @@ class WorkerCodec:
         self.encode_result_error = (
             _encode_result_error_pool if front == FRONT_POOL else _encode_result_error_executor
         )
-        self.run_map = _run_map
-        self.run_starmap = _run_starmap
+        self.run_map = run_map
+        self.run_starmap = run_starmap
         self.loads_segment = _split.loads_segment
         self.loads_buffer = _split.loads_buffer
 

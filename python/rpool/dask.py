@@ -57,6 +57,7 @@ except ImportError as _missing:  # pragma: no cover - exercised only without the
     ) from _missing
 
 from rpool import _rpool
+from rpool._codec import run_map, run_starmap
 from rpool._fronts import (
     CLOSE,
     RUN,
@@ -181,7 +182,7 @@ def _run_chunk(token: str, setup: bytes | None, payload: bytes, front: int) -> T
     started = time.perf_counter()
     try:
         func, star, items = pickle.loads(payload)
-        values = list(itertools.starmap(func, items)) if star else list(map(func, items))
+        values = run_starmap(func, items) if star else run_map(func, items)
     except BaseException as exc:  # noqa: BLE001 - the chunk's failure, sent to the parent
         return _answer(STATUS_ERROR, encode_exception(exc), time.perf_counter() - started)
     return _reply(values, front, started)

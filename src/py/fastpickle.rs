@@ -49,8 +49,31 @@ pub(crate) fn pickle_list_slice<'py>(
     if start > stop || stop > items.len() {
         return None;
     }
+    let mut out = Vec::new();
+    if !write_list_slice(items, start, stop, &mut out) {
+        return None;
+    }
+    Some(PyBytes::new(items.py(), &out))
+}
+
+/// Writes the pickle of `items` into `out` (cleared first), as `pickle_list_slice` would;
+/// false, with `out` holding a partial pickle, when an item is not a plain number. A worker
+/// pickles a map chunk's result list this way into a buffer it reuses.
+pub(crate) fn pickle_plain_list_into(items: &Bound<'_, PyList>, out: &mut Vec<u8>) -> bool {
+    out.clear();
+    write_list_slice(items, 0, items.len(), out)
+}
+
+/// The body of `pickle_list_slice`: `start <= stop <= len(items)` (checked by the callers).
+#[inline(always)]
+fn write_list_slice(
+    items: &Bound<'_, PyList>,
+    start: usize,
+    stop: usize,
+    out: &mut Vec<u8>,
+) -> bool {
     let list = items.as_ptr();
-    let mut out = Vec::with_capacity(8 + (stop - start) * 5);
+    out.reserve(8 + (stop - start) * 5);
     out.extend_from_slice(&[PROTO, PROTOCOL, EMPTY_LIST]);
     let mut batch_start = start;
     while batch_start < stop {
@@ -58,18 +81,19 @@ pub(crate) fn pickle_list_slice<'py>(
         out.push(MARK);
         for index in batch_start..batch_stop {
             // SAFETY: the GIL is held (we have `items`), `index < stop <= len(items)` was checked
-            // above, and nothing in this loop runs Python code or releases the GIL, so the list
-            // keeps its length and items; the result is a borrowed reference the list owns.
+            // by the caller, and nothing in this loop runs Python code or releases the GIL, so
+            // the list keeps its length and items; the result is a borrowed reference the list
+            // owns.
             let item = unsafe { ffi::PyList_GET_ITEM(list, index as ffi::Py_ssize_t) };
-            if !encode_item(item, &mut out) {
-                return None;
+            if !encode_item(item, out) {
+                return false;
             }
         }
         out.push(APPENDS);
         batch_start = batch_stop;
     }
     out.push(STOP);
-    Some(PyBytes::new(items.py(), &out))
+    true
 }
 
 /// A plain value: what the native paths handle.
