@@ -1,5 +1,7 @@
 //! `Pool.map`'s native paths for plain numbers: a chunk is pickled straight from the input
-//! list, and a result chunk's pickle is decoded straight into the map's result list.
+//! list, and a result chunk's pickle is decoded straight into the map's result list. Workers
+//! use the same two halves the other way round: a chunk is read into a list here, and its
+//! result list pickled into a buffer the worker keeps.
 //!
 //! `pickle.dumps(items[a:b])` takes a reference to every item twice (the slice, then the
 //! pickler), and each reference count change writes to the item. Right after the workers are
@@ -442,6 +444,20 @@ fn plain_object<'py>(py: Python<'py>, item: &Plain) -> PyResult<Bound<'py, PyAny
         Plain::Int(value) => value.into_pyobject(py)?.into_any(),
         Plain::Float(value) => PyFloat::new(py, value).into_any(),
     })
+}
+
+/// The list that `data` pickles, built here when it is a pickled list of plain numbers (see
+/// `visit_plain_list`); `None` for anything else, which the caller unpickles the usual way. A
+/// worker reads a map chunk sent by `pickle_list_slice` this way.
+pub(crate) fn unpickle_plain_list<'py>(
+    py: Python<'py>,
+    data: &[u8],
+) -> PyResult<Option<Bound<'py, PyList>>> {
+    let Some(count) = visit_plain_list(data, |_| true) else {
+        return Ok(None);
+    };
+    let list = PyList::new(py, std::iter::repeat_n(py.None().into_bound(py), count))?;
+    Ok(place_plain_list(&list, 0, count, data)?.then_some(list))
 }
 
 /// Writes the items of `data` into `target[offset..offset + size]` as new objects, when

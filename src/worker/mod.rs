@@ -426,6 +426,12 @@ fn decode_payload<'py>(
     pool_pid: i32,
 ) -> PyResult<Bound<'py, PyAny>> {
     if !frame.shared {
+        if frame.kind == FrameKind::Map && frame.aux != 0 {
+            // A chunk (its function is cached) of plain numbers: built here, without `pickle`.
+            if let Some(items) = fastpickle::unpickle_plain_list(py, &frame.payload)? {
+                return Ok(items.into_any());
+            }
+        }
         let payload = PyBytes::new(py, &frame.payload);
         if frame.payload.starts_with(SPLIT_PICKLE_MAGIC) {
             // A split pickle that found no segment when it was dispatched.
