@@ -17,6 +17,7 @@
 //! A single call's arguments take a similar path when they are all plain numbers or strings
 //! (`pickle_call_args`): per-task `submit`/`apply_async` then skip the pickler.
 
+use pyo3::exceptions::PyIndexError;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyFloat, PyList, PyString, PyTuple};
@@ -470,14 +471,35 @@ pub(crate) fn place_plain_list(
     data: &[u8],
 ) -> PyResult<bool> {
     let py = target.py();
-    let end = offset + size;
+    let end = offset
+        .checked_add(size)
+        .filter(|&end| end <= target.len())
+        .ok_or_else(|| PyIndexError::new_err("a result chunk does not fit the result list"))?;
+    let list = target.as_ptr();
     let mut index = offset;
     let mut failure = None;
     let count = visit_plain_list(data, |item| {
         if index >= end {
             return false; // more items than expected
         }
-        match plain_object(py, &item).and_then(|object| target.set_item(index, object)) {
+        let stored = plain_object(py, &item).and_then(|object| {
+            // SAFETY: the GIL is held and `index < end <= len(target)` (checked above); nothing
+            // here runs Python code (new ints and floats are not tracked by the collector, and
+            // releasing None runs no finalizer), so the list keeps its length meanwhile. A slot
+            // holding None gets the new object (the list takes our reference) and None loses
+            // the list's; any other slot goes through `set_item`, whose release of the old item
+            // may run Python code.
+            unsafe {
+                let old = ffi::PyList_GET_ITEM(list, index as ffi::Py_ssize_t);
+                if old == ffi::Py_None() {
+                    ffi::PyList_SET_ITEM(list, index as ffi::Py_ssize_t, object.into_ptr());
+                    ffi::Py_DECREF(old);
+                    return Ok(());
+                }
+            }
+            target.set_item(index, object)
+        });
+        match stored {
             Ok(()) => index += 1,
             Err(err) => failure = Some(err),
         }
