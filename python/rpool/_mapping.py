@@ -65,25 +65,6 @@ def pickle_chunk(func: object, func_id: int, chunk: list[Any], cloud: bool = Fal
             raise _cloud.prefer_object_error(exc, error) from None
 
 
-def list_chunk_payloads(
-    items: list[Any], chunksize: int, func: object, func_id: int, cloud: bool, plain: bool
-) -> Iterator[tuple[int, bytes]]:
-    """(item count, payload) for each chunk of a list, cut and pickled only as they are asked
-    for, so the first chunk leaves at once (cutting all of 1M items first took ~8 ms, more
-    right after a fork, while the workers waited). With `plain` (a map, not a starmap, whose
-    items are tuples), chunks of plain numbers are pickled straight from the list
-    (`_rpool.pickle_list_slice`: no slice, no reference counts touched)."""
-    length = len(items)
-    for start in range(0, length, chunksize):
-        stop = min(start + chunksize, length)
-        payload = _rpool.pickle_list_slice(items, start, stop) if plain and func_id else None
-        if payload is not None:
-            yield stop - start, payload
-        else:
-            chunk = items[start:stop]
-            yield len(chunk), pickle_chunk(func, func_id, chunk, cloud)
-
-
 def _wake_loops(wakers: Any) -> None:
     """Wakes the event loops waiting in ``async for`` (only set once `rpool._aio` is in use;
     it is not imported at start-up because `asyncio` costs ~40 ms to import)."""

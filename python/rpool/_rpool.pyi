@@ -28,6 +28,16 @@ class Core:
         front: int,
         timeout: float | None = None,
     ) -> AsyncResult | None: ...
+    def submit_list_chunk(
+        self,
+        func_id: int,
+        items: list[Any],
+        start: int,
+        stop: int,
+        notify: bool,
+        front: int,
+        timeout: float | None = None,
+    ) -> AsyncResult | None: ...
     def submit_many(
         self,
         kind: int,

@@ -49,14 +49,20 @@ pub(crate) fn pickle_list_slice<'py>(
     start: usize,
     stop: usize,
 ) -> Option<Bound<'py, PyBytes>> {
+    pickle_list_slice_vec(items, start, stop).map(|out| PyBytes::new(items.py(), &out))
+}
+
+/// `pickle_list_slice` without the bytes object: what `Core.submit_list_chunk` queues.
+pub(crate) fn pickle_list_slice_vec(
+    items: &Bound<'_, PyList>,
+    start: usize,
+    stop: usize,
+) -> Option<Vec<u8>> {
     if start > stop || stop > items.len() {
         return None;
     }
     let mut out = Vec::new();
-    if !write_list_slice(items, start, stop, &mut out) {
-        return None;
-    }
-    Some(PyBytes::new(items.py(), &out))
+    write_list_slice(items, start, stop, &mut out).then_some(out)
 }
 
 /// Writes the pickle of `items` into `out` (cleared first), as `pickle_list_slice` would;
@@ -76,7 +82,9 @@ fn write_list_slice(
     out: &mut Vec<u8>,
 ) -> bool {
     let list = items.as_ptr();
-    out.reserve(8 + (stop - start) * 5);
+    // Room for 5-byte ints (BININT) plus a MARK and an APPENDS per batch: no regrowth then.
+    let count = stop - start;
+    out.reserve(4 + count * 5 + 2 * count.div_ceil(BATCH));
     out.extend_from_slice(&[PROTO, PROTOCOL, EMPTY_LIST]);
     let mut batch_start = start;
     while batch_start < stop {

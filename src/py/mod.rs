@@ -309,6 +309,33 @@ impl Core {
             .map(Some)
     }
 
+    /// Queues the map chunk `items[start:stop]` of a registered function when every item is
+    /// a plain number, pickled here straight into the task (see `fastpickle`: no slice, no
+    /// bytes object, no copy); returns `None`, queueing nothing, for anything else, which the
+    /// caller pickles and passes to `submit`.
+    #[pyo3(signature = (func_id, items, start, stop, notify, front, timeout=None))]
+    #[allow(clippy::too_many_arguments)] // mirrors `submit`, plus the slice
+    fn submit_list_chunk(
+        &self,
+        func_id: u64,
+        items: &Bound<'_, PyList>,
+        start: usize,
+        stop: usize,
+        notify: bool,
+        front: u8,
+        timeout: Option<f64>,
+    ) -> PyResult<Option<AsyncResult>> {
+        if func_id == FuncId::INLINE.0 {
+            return Ok(None);
+        }
+        let Some(payload) = fastpickle::pickle_list_slice_vec(items, start, stop) else {
+            return Ok(None);
+        };
+        let payload = Pickled::from(payload);
+        self.submit_one(FrameKind::Map, func_id, payload, notify, front, timeout)
+            .map(Some)
+    }
+
     /// Queues many tasks of one kind at once (one hand-off, one wake-up).
     #[pyo3(signature = (kind, func_id, payloads, notify, front, timeout=None))]
     fn submit_many(
