@@ -100,6 +100,9 @@ def test_plain_results_arrive_unchanged(ctx):
     with rpool.Pool(2, context=ctx) as pool:
         assert_same_values(pool.map(_tasks.identity, items, chunksize=9), items)
         assert_same_values(pool.map(_tasks.identity, items), items)
+        # Not a list: chunks are pickled by `pickle` (framed, memoized), and the worker still
+        # reads them natively.
+        assert_same_values(pool.map(_tasks.identity, tuple(items), chunksize=9), items)
 
 
 class _Entry:
@@ -151,6 +154,10 @@ class _Adder:
 def test_run_map_matches_the_builtin_map_for_every_kind_of_callable(func):
     items = list(range(-50, 50))
     assert run_map(func, items) == list(map(func, items))
+
+
+def test_run_starmap_unpacks_each_item():
+    items = list(range(-50, 50))
     assert run_starmap(operator.add, [(i, 1) for i in items]) == [i + 1 for i in items]
 
 
@@ -170,11 +177,20 @@ def test_stop_iteration_in_a_task_fails_every_map_kind_loudly(ctx):
     # the missing places and imap/Executor.map dropped items without a word.
     items = list(range(8))
     with rpool.Pool(2, context=ctx) as pool:
+        pairs = [(i,) for i in items]
         calls = {
-            "map": lambda: pool.map(_tasks.stop_at_three, items, chunksize=4),
-            "starmap": lambda: pool.starmap(_tasks.stop_at_three, [(i,) for i in items]),
-            "imap": lambda: list(pool.imap(_tasks.stop_at_three, items, chunksize=4)),
-            "imap_unordered": lambda: list(pool.imap_unordered(_tasks.stop_at_three, items)),
+            "map": lambda: pool.map_async(_tasks.stop_at_three, items, 4).get(GET_TIMEOUT),
+            "starmap": lambda: pool.starmap_async(_tasks.stop_at_three, pairs).get(GET_TIMEOUT),
+            "imap": lambda: [
+                it.next(GET_TIMEOUT)
+                for it in [pool.imap(_tasks.stop_at_three, items, chunksize=4)]
+                for _ in items
+            ],
+            "imap_unordered": lambda: [
+                it.next(GET_TIMEOUT)
+                for it in [pool.imap_unordered(_tasks.stop_at_three, items)]
+                for _ in items
+            ],
         }
         for name, call in calls.items():
             with pytest.raises(RuntimeError, match="StopIteration") as info:
@@ -182,16 +198,18 @@ def test_stop_iteration_in_a_task_fails_every_map_kind_loudly(ctx):
             remote = str(info.value.__cause__)
             # Where the worker ran a comprehension (a plain function), the original shows.
             assert ("StopIteration: three" in remote) == (name != "starmap"), name
-        assert pool.map(_tasks.square, items) == [i * i for i in items]  # the pool still works
+        # The pool still works.
+        assert pool.map_async(_tasks.square, items).get(GET_TIMEOUT) == [i * i for i in items]
     with rpool.ProcessPoolExecutor(2, mp_context=ctx) as ex:
         with pytest.raises(RuntimeError, match="StopIteration"):
             list(ex.map(_tasks.stop_at_three, items, chunksize=4, timeout=GET_TIMEOUT))
 
 
 def test_large_plain_result_chunks_and_the_worker_after_them(ctx):
-    # A 300k-float chunk's results (2.7 MB pickled) leave through a shared-memory segment
-    # straight from the worker's scratch buffer; a 600k-float chunk (5.4 MB) grows that buffer
-    # past what is kept between tasks (4 MiB), so it is dropped; small chunks follow.
+    # A 300k-float chunk's results (2.7 MB pickled) leave from the worker's scratch buffer (by
+    # a shared-memory segment if one is granted in time, else through the pipe); a 600k-float
+    # chunk (5.4 MB) grows that buffer past what is kept between tasks (4 MiB), so it is
+    # dropped; small chunks follow. Either way every value must arrive, in order.
     items = [i / 7 for i in range(600_000)]
     with rpool.Pool(2, context=ctx) as pool:
         assert pool.map(_tasks.identity, items, chunksize=300_000) == items

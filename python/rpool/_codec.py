@@ -70,8 +70,11 @@ _COMPREHENSION_CALLABLES = (types.FunctionType, types.MethodType)
 
 
 def _stop_iteration_error(func: Any) -> RuntimeError:
+    name = getattr(func, "__qualname__", None)
+    if not isinstance(name, str):  # a partial, a callable instance: its type's name
+        name = f"a {type(func).__qualname__} object"
     return RuntimeError(
-        f"{func!r} raised StopIteration in a map; rpool reports it as RuntimeError (as a "
+        f"{name} raised StopIteration in a map; rpool reports it as RuntimeError (as a "
         "generator would, PEP 479) so that it cannot silently cut the results short"
     )
 

@@ -82,8 +82,16 @@ fn write_list_slice(
     out: &mut Vec<u8>,
 ) -> bool {
     let list = items.as_ptr();
-    // Room for 5-byte ints (BININT) plus a MARK and an APPENDS per batch: no regrowth then.
     let count = stop - start;
+    if count > 0 {
+        // SAFETY: as in the loop below (`start < stop <= len(items)`, GIL held).
+        let first = unsafe { ffi::PyList_GET_ITEM(list, start as ffi::Py_ssize_t) };
+        if classify(first).is_none() {
+            return false; // e.g. a list of strings: no need to reserve room for it
+        }
+    }
+    // Room for ints up to 5 bytes (BININT) plus a MARK and an APPENDS per batch: chunks of such
+    // ints never regrow; floats (9 bytes) and longer ints regrow once or twice.
     out.reserve(4 + count * 5 + 2 * count.div_ceil(BATCH));
     out.extend_from_slice(&[PROTO, PROTOCOL, EMPTY_LIST]);
     let mut batch_start = start;
@@ -491,18 +499,21 @@ pub(crate) fn place_plain_list(
             return false; // more items than expected
         }
         let stored = plain_object(py, &item).and_then(|object| {
-            // SAFETY: the GIL is held and `index < end <= len(target)` (checked above); nothing
-            // here runs Python code (new ints and floats are not tracked by the collector, and
-            // releasing None runs no finalizer), so the list keeps its length meanwhile. A slot
-            // holding None gets the new object (the list takes our reference) and None loses
-            // the list's; any other slot goes through `set_item`, whose release of the old item
-            // may run Python code.
+            let at = index as ffi::Py_ssize_t;
+            // SAFETY: the GIL is held and `at` is checked against the list's current length
+            // right here (a `set_item` below may have run a finalizer that resized it). Making
+            // the new int or float runs no Python code (they are not tracked by the collector)
+            // and releasing None runs no finalizer. A slot holding None gets the new object
+            // (the list takes our reference) and None loses the list's; any other slot goes
+            // through `set_item`, which checks the index itself.
             unsafe {
-                let old = ffi::PyList_GET_ITEM(list, index as ffi::Py_ssize_t);
-                if old == ffi::Py_None() {
-                    ffi::PyList_SET_ITEM(list, index as ffi::Py_ssize_t, object.into_ptr());
-                    ffi::Py_DECREF(old);
-                    return Ok(());
+                if at < ffi::PyList_GET_SIZE(list) {
+                    let old = ffi::PyList_GET_ITEM(list, at);
+                    if old == ffi::Py_None() {
+                        ffi::PyList_SET_ITEM(list, at, object.into_ptr());
+                        ffi::Py_DECREF(old);
+                        return Ok(());
+                    }
                 }
             }
             target.set_item(index, object)

@@ -269,19 +269,21 @@ pub(crate) fn worker_loop(
                 let elapsed_ns = elapsed.as_nanos() as u64;
                 let (ok, payload, segment) = match encoded {
                     Encoded::Split(split) => match split_to_grant(&inbox, pool_pid, &split) {
-                        Some(segment) => (true, None, Some(segment)),
+                        Some(segment) => (true, Payload::InSegment, Some(segment)),
                         None => {
                             let (ok, bytes) = plain_result(py, &codec, &split)?;
-                            (ok, Some(bytes), None)
+                            (ok, Payload::Bytes(bytes), None)
                         }
                     },
-                    Encoded::Bytes((ok, bytes)) => (ok, Some(bytes), None),
-                    Encoded::Scratch => (true, None, None),
+                    Encoded::Bytes((ok, bytes)) => (ok, Payload::Bytes(bytes), None),
+                    Encoded::Scratch => (true, Payload::Scratch, None),
                 };
                 let kind = if ok { FrameKind::Ok } else { FrameKind::Err };
-                let result = payload
-                    .as_ref()
-                    .map_or(&scratch[..], |bytes| bytes.as_bytes());
+                let result = match &payload {
+                    Payload::Bytes(bytes) => bytes.as_bytes(),
+                    Payload::Scratch => &scratch[..],
+                    Payload::InSegment => &[],
+                };
                 let segment = match segment {
                     None if ok && result.len() >= SHARED_PAYLOAD_MIN => {
                         py.detach(|| write_to_grant(&inbox, pool_pid, &mut [IoSlice::new(result)]))
@@ -369,6 +371,15 @@ enum Encoded<'py> {
     Split(Bound<'py, PyAny>),
     /// A succeeded map chunk's pickled result list, in the loop's scratch buffer.
     Scratch,
+}
+
+/// Where a finished task's encoded result is.
+enum Payload<'py> {
+    Bytes(Bound<'py, PyBytes>),
+    /// In the loop's scratch buffer (`Encoded::Scratch`).
+    Scratch,
+    /// Already written into a granted segment.
+    InSegment,
 }
 
 /// Writes a split pickle into a segment the parent granted: its parts are pinned and written
