@@ -149,6 +149,76 @@ def test_waiters_and_callbacks_racing_completion(executor):
     assert all(calls[i] == (1 if i % 4 == 1 else 0) for i in range(MANY))
 
 
+@pytest.mark.timeout(120)
+def test_result_in_several_threads_completes_each_future_once(executor, capfd):
+    # result() on a future nobody else waits on completes it in the calling thread; two such
+    # threads and the notifier may then all complete the same future. Each must see the
+    # value, and the loser must not report an error (the notifier prints what fails).
+    futures = [executor.submit(_tasks.square, i) for i in range(MANY)]
+    seen: list[list[int]] = [[], []]
+    errors = []
+
+    def collect(slot):
+        try:
+            seen[slot] = [f.result(timeout=RESULT_TIMEOUT) for f in futures]
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=collect, args=(slot,)) for slot in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(RESULT_TIMEOUT * 2)
+    assert not errors
+    assert seen[0] == seen[1] == [i * i for i in range(MANY)]
+    executor.shutdown(wait=True)
+    assert "Error" not in capfd.readouterr().err
+
+
+def test_result_timeout_then_result(executor, tmp_path):
+    gate = tmp_path / "release"
+    future = executor.submit(_tasks.block_until, str(gate))
+    with pytest.raises(TimeoutError):
+        future.result(timeout=0.2)
+    with pytest.raises(TimeoutError):
+        future.result(timeout=0)
+    assert not future.done()
+    release(gate)
+    pid, _, _ = future.result(timeout=RESULT_TIMEOUT)
+    assert isinstance(pid, int)
+    assert future.done() and not future.cancelled()
+
+
+def test_cancel_while_another_thread_waits_in_result(executor, tmp_path):
+    # The waiting thread waits on the task natively; cancel() must still end that wait with
+    # CancelledError and leave the future cancelled (not finished with an error).
+    gate = tmp_path / "release"
+    started = tmp_path / "started"
+    started.mkdir()
+    blockers = [executor.submit(_tasks.block_until, str(gate), str(started)) for _ in range(2)]
+    wait_started(started, 2)
+    queued = executor.submit(_tasks.square, 7)
+    outcome = []
+
+    def wait_for_it():
+        try:
+            outcome.append(queued.result(timeout=RESULT_TIMEOUT))
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=wait_for_it)
+    waiter.start()
+    threading.Event().wait(0.1)  # let the waiter block in result()
+    assert queued.cancel() is True
+    waiter.join(RESULT_TIMEOUT)
+    assert not waiter.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], CancelledError)
+    assert queued.cancelled()
+    release(gate)
+    for b in blockers:
+        b.result(timeout=RESULT_TIMEOUT)
+
+
 def test_a_failing_completion_fails_the_future():
     # If completing a future fails in the notifier (say, MemoryError while decoding), the
     # future gets that error instead of staying pending with its waiters hanging.

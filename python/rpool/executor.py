@@ -124,6 +124,18 @@ class RpoolFuture(futures.Future):  # type: ignore[type-arg]
             super().set_exception(exception)
 
     def result(self, timeout: float | None = None) -> Any:
+        if self._state != _base.FINISHED:
+            handle = self._rpool_handle
+            if handle is not None and self._rpool_cond is None and (timeout is None or timeout > 0):
+                # Nothing else waits on this future and it has no callbacks: wait for the
+                # task's outcome natively and complete the future in this thread, instead of
+                # waiting for the notifier thread to be scheduled, take the GIL and wake this
+                # one (a first result 0.27 -> 0.13 ms). The notifier then finds it done.
+                deadline = None if timeout is None else time.monotonic() + timeout
+                if not handle._complete_future_here(self, timeout):
+                    raise TimeoutError
+                if deadline is not None:
+                    timeout = max(0.0, deadline - time.monotonic())
         if self._state == _base.FINISHED:  # done: no need for the condition
             if self._exception is not None:
                 raise self._exception

@@ -344,9 +344,10 @@ impl Engine {
         std::mem::take(&mut *notices)
     }
 
-    /// Blocks at most `slice` for `slot` to become visible.
-    pub fn wait_slot(&self, slot: &TaskSlot, slice: Duration) -> bool {
-        self.shared.waiters.wait_slice(|| slot.is_done(), slice)
+    /// Blocks at most `slice` for `done()` to hold; it is checked again whenever a task
+    /// finishes (an outcome arriving for the notifier, or a slot published).
+    pub fn wait_for(&self, done: impl Fn() -> bool, slice: Duration) -> bool {
+        self.shared.waiters.wait_slice(done, slice)
     }
 
     /// Wakes all waiters (after a callback thread published slots).

@@ -145,6 +145,14 @@ fn future_states(py: Python<'_>) -> PyResult<&FutureStates> {
     })
 }
 
+static INVALID_STATE_ERROR: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+fn invalid_state_error(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    Ok(INVALID_STATE_ERROR
+        .import(py, "concurrent.futures._base", "InvalidStateError")?
+        .clone())
+}
+
 static UNPICKLE_FAILURE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static WRAP_ASYNC: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
@@ -591,9 +599,60 @@ impl AsyncResult {
                 slot.is_done()
             }
         };
-        wait_detached(py, deadline, done, |slice| {
-            engine.wait_slot(slot, slice) || done()
-        })
+        wait_detached(py, deadline, done, |slice| engine.wait_for(done, slice))
+    }
+
+    /// Completes `future` with the task's outcome (which has arrived); see `_complete_future`.
+    fn complete_future(&self, py: Python<'_>, future: &Bound<'_, PyAny>) -> PyResult<()> {
+        let (ok, value) = self.decode(py)?;
+        let value = value.bind(py);
+        future.setattr(intern!(py, "_rpool_handle"), py.None())?;
+        let states = future_states(py)?;
+        let state = future.getattr(intern!(py, "_state"))?;
+        if !(state.eq(&states.pending)? || state.eq(&states.running)?) {
+            return Ok(()); // cancelled (or completed) meanwhile
+        }
+        let lock = states.condition_lock.bind(py);
+        lock.call_method0(intern!(py, "acquire"))?;
+        let finished_here = (|| -> PyResult<bool> {
+            let state = future.getattr(intern!(py, "_state"))?;
+            if !(state.eq(&states.pending)? || state.eq(&states.running)?) {
+                return Ok(true); // the other completer (or a cancel) came first
+            }
+            if !future.getattr(intern!(py, "_rpool_cond"))?.is_none() {
+                return Ok(false);
+            }
+            let slot = if *ok {
+                intern!(py, "_result")
+            } else {
+                intern!(py, "_exception")
+            };
+            future.setattr(slot, value)?;
+            future.setattr(intern!(py, "_state"), &states.finished)?;
+            Ok(true)
+        })();
+        lock.call_method0(intern!(py, "release"))?;
+        if finished_here? {
+            return Ok(()); // no condition: no waiters, no callbacks
+        }
+        let method = if *ok {
+            intern!(py, "set_result")
+        } else {
+            intern!(py, "set_exception")
+        };
+        match future.call_method1(method, (value,)) {
+            // The waiting thread and the notifier may both complete a future (with the same
+            // outcome); the one that comes second finds it finished.
+            Err(err)
+                if err.is_instance(py, &invalid_state_error(py)?)
+                    && future
+                        .getattr(intern!(py, "_state"))?
+                        .eq(&states.finished)? =>
+            {
+                Ok(())
+            }
+            other => other.map(drop),
+        }
     }
 }
 
@@ -680,40 +739,31 @@ impl AsyncResult {
         if !self.wait_until(py, None, true)? {
             return Err(TimeoutError::new_err(()));
         }
-        let (ok, value) = self.decode(py)?;
-        let value = value.bind(py);
-        future.setattr(intern!(py, "_rpool_handle"), py.None())?;
-        let states = future_states(py)?;
-        let state = future.getattr(intern!(py, "_state"))?;
-        if !(state.eq(&states.pending)? || state.eq(&states.running)?) {
-            return Ok(()); // cancelled (or completed) meanwhile
+        self.complete_future(py, future)
+    }
+
+    /// `RpoolFuture.result()`'s wait when nothing else waits on the future: waits up to
+    /// `timeout` for the task's outcome without the GIL, then completes `future` in the calling
+    /// thread as `_complete_future` does (the notifier, coming later, finds it done). False if
+    /// the time ran out. A cancelled task's future is left to `cancel()`, which sets its state.
+    #[pyo3(signature = (future, timeout=None))]
+    fn _complete_future_here(
+        &self,
+        py: Python<'_>,
+        future: &Bound<'_, PyAny>,
+        timeout: Option<f64>,
+    ) -> PyResult<bool> {
+        if !self.wait_until(py, timeout, true)? {
+            return Ok(false);
         }
-        let lock = states.condition_lock.bind(py);
-        lock.call_method0(intern!(py, "acquire"))?;
-        let finished_here = (|| -> PyResult<bool> {
-            if !future.getattr(intern!(py, "_rpool_cond"))?.is_none() {
-                return Ok(false);
-            }
-            let slot = if *ok {
-                intern!(py, "_result")
-            } else {
-                intern!(py, "_exception")
-            };
-            future.setattr(slot, value)?;
-            future.setattr(intern!(py, "_state"), &states.finished)?;
-            Ok(true)
-        })();
-        lock.call_method0(intern!(py, "release"))?;
-        if finished_here? {
-            return Ok(()); // no condition: no waiters, no callbacks
+        if self
+            .slot
+            .with_outcome(|outcome| matches!(outcome, Some(Outcome::Cancelled)))
+        {
+            return Ok(true);
         }
-        let method = if *ok {
-            intern!(py, "set_result")
-        } else {
-            intern!(py, "set_exception")
-        };
-        future.call_method1(method, (value,))?;
-        Ok(())
+        self.complete_future(py, future)?;
+        Ok(true)
     }
 
     /// For a map chunk: waits for the outcome and, when it is a list of `size` plain numbers
