@@ -409,3 +409,25 @@ def stop_at_three(x, *_rest):
     if x == 3:
         raise StopIteration("three")
     return x
+
+
+def _load_interrupting_once(value, marker):
+    """Runs in the parent while it unpickles a result: Ctrl+C the first time (while the marker
+    file exists), the value after that."""
+    try:
+        os.unlink(marker)
+    except FileNotFoundError:
+        return value
+    raise KeyboardInterrupt
+
+
+class InterruptsOnceOnLoad:
+    def __init__(self, value, marker):
+        self.value, self.marker = value, marker
+
+    def __reduce__(self):
+        return (_load_interrupting_once, (self.value, self.marker))
+
+
+def interrupt_once_on_load(value, marker):
+    return InterruptsOnceOnLoad(value, marker)

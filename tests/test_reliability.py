@@ -399,3 +399,17 @@ def test_ctrl_c_in_map(tmp_path, start_method, target):
         ]
     finally:
         _cleanup(proc, gate, pids)
+
+
+def test_ctrl_c_while_a_result_is_unpickled_keeps_the_result(ctx, tmp_path):
+    # Ctrl+C arriving while get() unpickles the result says nothing about the result: the
+    # KeyboardInterrupt propagates, and the next get() still finds the value (before, the
+    # interrupt was taken for an unpicklable result and became the task's failure).
+    marker = tmp_path / "interrupt"
+    marker.touch()
+    with rpool.Pool(2, context=ctx) as pool:
+        result = pool.apply_async(_tasks.interrupt_once_on_load, (42, str(marker)))
+        with pytest.raises(KeyboardInterrupt):
+            result.get(timeout=GET_TIMEOUT)
+        assert result.get(timeout=GET_TIMEOUT) == 42
+        assert result.successful()

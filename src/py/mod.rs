@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyKeyboardInterrupt, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -506,6 +506,30 @@ impl AsyncResult {
                 .slot
                 .take_outcome()
                 .ok_or_else(|| PyValueError::new_err("result is not ready"))?;
+            if let Outcome::Value(value) = &outcome {
+                let loaded = load_plain_value(py, value)
+                    .transpose()
+                    .unwrap_or_else(|| load_value(py, value));
+                match loaded {
+                    Ok(value) => return Ok((true, value.unbind())),
+                    // Ctrl+C while unpickling says nothing about the result: it goes back
+                    // into the slot for the next attempt, in this thread or the notifier's,
+                    // instead of becoming the task's failure. (Anything else the result's own
+                    // unpickling raises, SystemExit included, is the task's failure, as in
+                    // the stdlib.)
+                    Err(err) if err.is_instance_of::<PyKeyboardInterrupt>(py) => {
+                        if let Outcome::Value(value) = outcome {
+                            self.slot.restore_value(value);
+                        }
+                        return Err(err);
+                    }
+                    Err(err) => {
+                        let failure =
+                            unpickle_failure(py)?.call1((err.into_value(py), self.front))?;
+                        return Ok((false, failure.unbind()));
+                    }
+                }
+            }
             self.decode_outcome(py, outcome)
         })
     }
@@ -603,14 +627,22 @@ impl AsyncResult {
     }
 
     /// Completes `future` with the task's outcome (which has arrived); see `_complete_future`.
-    fn complete_future(&self, py: Python<'_>, future: &Bound<'_, PyAny>) -> PyResult<()> {
+    /// `only_without_waiters`: leave a future that has a condition to the notifier. The
+    /// future lets go of this handle only once it is complete: if this fails halfway (say,
+    /// Ctrl+C in the thread waiting in `result()`), the notifier still completes it.
+    fn complete_future(
+        &self,
+        py: Python<'_>,
+        future: &Bound<'_, PyAny>,
+        only_without_waiters: bool,
+    ) -> PyResult<()> {
         let (ok, value) = self.decode(py)?;
         let value = value.bind(py);
-        future.setattr(intern!(py, "_rpool_handle"), py.None())?;
+        let release_handle = || future.setattr(intern!(py, "_rpool_handle"), py.None());
         let states = future_states(py)?;
         let state = future.getattr(intern!(py, "_state"))?;
         if !(state.eq(&states.pending)? || state.eq(&states.running)?) {
-            return Ok(()); // cancelled (or completed) meanwhile
+            return release_handle(); // cancelled (or completed) meanwhile
         }
         let lock = states.condition_lock.bind(py);
         lock.call_method0(intern!(py, "acquire"))?;
@@ -633,7 +665,10 @@ impl AsyncResult {
         })();
         lock.call_method0(intern!(py, "release"))?;
         if finished_here? {
-            return Ok(()); // no condition: no waiters, no callbacks
+            return release_handle(); // no condition: no waiters, no callbacks
+        }
+        if only_without_waiters {
+            return Ok(());
         }
         let method = if *ok {
             intern!(py, "set_result")
@@ -641,6 +676,7 @@ impl AsyncResult {
             intern!(py, "set_exception")
         };
         match future.call_method1(method, (value,)) {
+            Ok(_) => release_handle(),
             // The waiting thread and the notifier may both complete a future (with the same
             // outcome); the one that comes second finds it finished.
             Err(err)
@@ -649,9 +685,9 @@ impl AsyncResult {
                         .getattr(intern!(py, "_state"))?
                         .eq(&states.finished)? =>
             {
-                Ok(())
+                release_handle()
             }
-            other => other.map(drop),
+            Err(err) => Err(err),
         }
     }
 }
@@ -739,13 +775,14 @@ impl AsyncResult {
         if !self.wait_until(py, None, true)? {
             return Err(TimeoutError::new_err(()));
         }
-        self.complete_future(py, future)
+        self.complete_future(py, future, false)
     }
 
     /// `RpoolFuture.result()`'s wait when nothing else waits on the future: waits up to
     /// `timeout` for the task's outcome without the GIL, then completes `future` in the calling
-    /// thread as `_complete_future` does (the notifier, coming later, finds it done). False if
-    /// the time ran out. A cancelled task's future is left to `cancel()`, which sets its state.
+    /// thread if it still has no condition (no waiter, no callback: those are the notifier's
+    /// to serve, in its thread, as the stdlib's manager thread does). False if the time ran
+    /// out. A cancelled task's future is left to `cancel()`, which sets its state.
     #[pyo3(signature = (future, timeout=None))]
     fn _complete_future_here(
         &self,
@@ -762,7 +799,7 @@ impl AsyncResult {
         {
             return Ok(true);
         }
-        self.complete_future(py, future)?;
+        self.complete_future(py, future, true)?;
         Ok(true)
     }
 
