@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -97,3 +98,13 @@ def assert_same_values(a: Sequence[object], b: Sequence[object]) -> None:
             assert (math.isnan(x) and math.isnan(y)) or x == y, (x, y)
         else:
             assert x == y, (x, y)
+
+
+def run_in_threads(target, count, timeout):
+    """Runs ``target(i)`` for i in range(count), each in its own thread, and joins them."""
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    assert not any(thread.is_alive() for thread in threads), "a thread did not finish"

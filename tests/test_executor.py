@@ -25,7 +25,7 @@ from concurrent.futures.process import BrokenProcessPool
 import _tasks
 import pytest
 import rpool
-from _helpers import pid_alive, release, wait_started, wait_until
+from _helpers import pid_alive, release, run_in_threads, wait_started, wait_until
 
 RESULT_TIMEOUT = 30
 MANY = 2000
@@ -138,11 +138,7 @@ def test_waiters_and_callbacks_racing_completion(executor):
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(offset,)) for offset in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(RESULT_TIMEOUT * 2)
+    run_in_threads(worker, 4, RESULT_TIMEOUT * 2)
     assert not errors
     assert [f.result(timeout=RESULT_TIMEOUT) for f in futures] == [i * i for i in range(MANY)]
     assert wait_until(lambda: sum(calls) == len(range(1, MANY, 4)), RESULT_TIMEOUT)
@@ -164,11 +160,7 @@ def test_result_in_several_threads_completes_each_future_once(executor, capfd):
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=collect, args=(slot,)) for slot in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(RESULT_TIMEOUT * 2)
+    run_in_threads(collect, 2, RESULT_TIMEOUT * 2)
     assert not errors
     assert seen[0] == seen[1] == [i * i for i in range(MANY)]
     executor.shutdown(wait=True)
@@ -192,11 +184,7 @@ def test_result_timeout_then_result(executor, tmp_path):
 def test_cancel_while_another_thread_waits_in_result(executor, tmp_path):
     # The waiting thread waits on the task natively; cancel() must still end that wait with
     # CancelledError and leave the future cancelled (not finished with an error).
-    gate = tmp_path / "release"
-    started = tmp_path / "started"
-    started.mkdir()
-    blockers = [executor.submit(_tasks.block_until, str(gate), str(started)) for _ in range(2)]
-    wait_started(started, 2)
+    gate, blockers = _occupy_both_workers(executor, tmp_path)
     queued = executor.submit(_tasks.square, 7)
     outcome = []
 
@@ -235,12 +223,18 @@ def test_a_failing_completion_fails_the_future():
     assert isinstance(future.exception(timeout=0), MemoryError)
 
 
-def test_cancel_before_start(executor, tmp_path):
+def _occupy_both_workers(executor, tmp_path):
+    """Starts a blocking task on each worker; returns (gate to release, their futures)."""
     gate = tmp_path / "release"
     started = tmp_path / "started"
     started.mkdir()
     blockers = [executor.submit(_tasks.block_until, str(gate), str(started)) for _ in range(2)]
     wait_started(started, 2)
+    return gate, blockers
+
+
+def test_cancel_before_start(executor, tmp_path):
+    gate, blockers = _occupy_both_workers(executor, tmp_path)
     pending = [executor.submit(_tasks.square, i) for i in range(20)]
     last = pending[-1]
     assert last.cancel() is True

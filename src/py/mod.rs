@@ -236,6 +236,34 @@ impl Core {
             .ok_or_else(|| PoolError::InvalidArgument("no task queued".into()).into())
     }
 
+    /// Queues a task of a registered function whose payload `encode` writes natively (see
+    /// `fastpickle`); `None`, queueing nothing, when it cannot (the caller then pickles).
+    fn submit_native(
+        &self,
+        kind: FrameKind,
+        func_id: u64,
+        encode: impl FnOnce() -> Option<Vec<u8>>,
+        notify: bool,
+        front: u8,
+        timeout: Option<f64>,
+    ) -> PyResult<Option<AsyncResult>> {
+        if func_id == FuncId::INLINE.0 {
+            return Ok(None);
+        }
+        let Some(payload) = encode() else {
+            return Ok(None);
+        };
+        self.submit_one(
+            kind,
+            func_id,
+            Pickled::from(payload),
+            notify,
+            front,
+            timeout,
+        )
+        .map(Some)
+    }
+
     fn handles(&self, slots: Vec<Arc<TaskSlot>>, front: u8) -> Vec<AsyncResult> {
         slots
             .into_iter()
@@ -306,15 +334,8 @@ impl Core {
         front: u8,
         timeout: Option<f64>,
     ) -> PyResult<Option<AsyncResult>> {
-        if func_id == FuncId::INLINE.0 {
-            return Ok(None);
-        }
-        let Some(payload) = fastpickle::pickle_call_args(args) else {
-            return Ok(None);
-        };
-        let payload = Pickled::from(payload);
-        self.submit_one(FrameKind::Call, func_id, payload, notify, front, timeout)
-            .map(Some)
+        let encode = || fastpickle::pickle_call_args(args);
+        self.submit_native(FrameKind::Call, func_id, encode, notify, front, timeout)
     }
 
     /// Queues the map chunk `items[start:stop]` of a registered function when every item is
@@ -333,15 +354,8 @@ impl Core {
         front: u8,
         timeout: Option<f64>,
     ) -> PyResult<Option<AsyncResult>> {
-        if func_id == FuncId::INLINE.0 {
-            return Ok(None);
-        }
-        let Some(payload) = fastpickle::pickle_list_slice_vec(items, start, stop) else {
-            return Ok(None);
-        };
-        let payload = Pickled::from(payload);
-        self.submit_one(FrameKind::Map, func_id, payload, notify, front, timeout)
-            .map(Some)
+        let encode = || fastpickle::pickle_list_slice_vec(items, start, stop);
+        self.submit_native(FrameKind::Map, func_id, encode, notify, front, timeout)
     }
 
     /// Queues many tasks of one kind at once (one hand-off, one wake-up).
