@@ -65,13 +65,13 @@ _LAZY_LIST_LOCK = threading.Lock()
 
 
 class RpoolFuture(futures.Future):  # type: ignore[type-arg]
-    """A real `concurrent.futures.Future` whose `threading.Condition` is created only when a
-    thread waits on it with others (`as_completed`, `wait`, a callback, a second waiter).
-    Completion without one never makes it: the notifier sets the result natively (see
-    `AsyncResult._complete_future`), or `result()` waits on the task itself and completes the
-    future in its own thread (`AsyncResult._complete_future_here`), which makes a Future
-    several times cheaper to create and complete. Cancelling works while no worker has
-    received the task."""
+    """A real `concurrent.futures.Future` whose `threading.Condition` is created only when
+    something needs it: `as_completed`, `wait`, a done-callback, `exception()`, or a
+    `result()` that cannot wait on the task itself. Completion without one never makes it:
+    the notifier sets the result natively (see `AsyncResult._complete_future`), or `result()`
+    waits on the task itself and completes the future in its own thread
+    (`AsyncResult._complete_future_here`), which makes a Future several times cheaper to
+    create and complete. Cancelling works while no worker has received the task."""
 
     _waiters = _LazyList()
     _done_callbacks = _LazyList()
