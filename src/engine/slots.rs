@@ -145,7 +145,6 @@ impl TaskSlot {
         self.outcome.lock().clone()
     }
 
-    /// Takes the stored outcome for decoding; pickled bytes move out, the kind stays behind.
     /// Puts back a value taken by [`TaskSlot::take_outcome`] whose decoding was interrupted
     /// (Ctrl+C while unpickling), so that the next attempt finds it.
     pub fn restore_value(&self, value: Pickled) {
@@ -154,6 +153,7 @@ impl TaskSlot {
         }
     }
 
+    /// Takes the stored outcome for decoding; pickled bytes move out, the kind stays behind.
     pub fn take_outcome(&self) -> Option<Outcome> {
         let mut cell = self.outcome.lock();
         let outcome = cell.as_mut()?;
