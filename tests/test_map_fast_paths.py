@@ -100,9 +100,10 @@ def test_plain_results_arrive_unchanged(ctx):
     with rpool.Pool(2, context=ctx) as pool:
         assert_same_values(pool.map(_tasks.identity, items, chunksize=9), items)
         assert_same_values(pool.map(_tasks.identity, items), items)
-        # Not a list: chunks are pickled by `pickle` (framed, memoized), and the worker still
-        # reads them natively.
         assert_same_values(pool.map(_tasks.identity, tuple(items), chunksize=9), items)
+        # A lazy map's chunks are pickled by `pickle` (framed, memoized); the worker still
+        # reads them natively.
+        assert_same_values(list(pool.imap(_tasks.identity, items, chunksize=9)), items)
 
 
 class _Entry:

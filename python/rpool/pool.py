@@ -7,7 +7,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from multiprocessing import TimeoutError as MpTimeoutError
 from multiprocessing.context import BaseContext
 from typing import TYPE_CHECKING, Any
@@ -26,7 +26,6 @@ from rpool._mapping import (
     MapResult,
     check_chunksize,
     pickle_chunk,
-    split_chunks,
 )
 from rpool._progress import ProgressArg, make_progress
 from rpool._remote import FRONT_POOL, InitializerError
@@ -193,35 +192,25 @@ class Pool(PoolFront):
             result._fail_now(exc)
             return result
         check_chunksize(chunksize)
-        if not hasattr(iterable, "__len__"):
-            iterable = list(iterable)
-        length = len(iterable)  # type: ignore[arg-type]
+        items = iterable if type(iterable) is list else list(iterable)
+        length = len(items)
         if length:
             result._progress = make_progress(progress, length)
         if chunksize is None:
             chunksize = _rpool.default_chunksize(length, self._processes)
         func_id = runtime.func_id(func)
-        cloud = runtime.cloudpickle
+        result._start(-(-length // chunksize), length)
         result._begin_sending()
         try:
-            if type(iterable) is list:
-                result._start(-(-length // chunksize), length)
-                self._send_list_chunks(
-                    runtime, result, func, func_id, kind, iterable, length, chunksize, task_timeout
-                )
-            else:
-                chunks = list(split_chunks(iterable, chunksize))
-                result._start(len(chunks), sum(len(chunk) for chunk in chunks))
-                payloads = (
-                    (len(chunk), pickle_chunk(func, func_id, chunk, cloud)) for chunk in chunks
-                )
-                self._send_chunks(runtime, result, func_id, kind, payloads, task_timeout)
+            self._send_chunks(
+                runtime, result, func, func_id, kind, items, length, chunksize, task_timeout
+            )
         finally:
             result._end_sending(runtime)
         return result
 
     @staticmethod
-    def _send_list_chunks(
+    def _send_chunks(
         runtime: Runtime,
         result: MapResult,
         func: Callable[..., Any],
@@ -232,11 +221,13 @@ class Pool(PoolFront):
         chunksize: int,
         task_timeout: float | None,
     ) -> None:
-        """`_send_chunks` for a list: chunks are cut as they are sent, so the first leaves at
-        once (cutting all of 1M items first took ~8 ms, more right after a fork, while the
-        workers waited). A map's chunk of plain numbers is pickled in Rust straight from the
-        list and queued in the same call (`Core.submit_list_chunk`: no slice, no reference
-        counts touched, no bytes object); anything else is pickled here."""
+        """Cuts `items` into chunks and submits each as soon as it is pickled, so the first
+        leaves at once and workers start while the parent is still pickling the rest (cutting
+        all of 1M items first took ~8 ms, more right after a fork, while the workers waited).
+        A map's chunk of plain numbers is pickled in Rust straight from the list and queued in
+        the same call (`Core.submit_list_chunk`: no slice, no reference counts touched, no
+        bytes object); anything else is pickled here. A chunk that cannot be pickled fails the
+        whole map (as in the stdlib, whose task thread also pickles chunk by chunk)."""
         core = runtime.core
         native = kind == KIND_MAP
         for start in range(0, length, chunksize):
@@ -256,31 +247,6 @@ class Pool(PoolFront):
                 handle = core.submit(kind, func_id, payload, True, FRONT_POOL, task_timeout)
                 stop = start + len(chunk)  # the list may have shrunk meanwhile
             result._add_chunk(runtime, handle, stop - start)
-
-    @staticmethod
-    def _send_chunks(
-        runtime: Runtime,
-        result: MapResult,
-        func_id: int,
-        kind: int,
-        payloads: Iterator[tuple[int, bytes]],
-        task_timeout: float | None,
-    ) -> None:
-        """Submits each chunk as soon as it is pickled, so workers start while the parent is
-        still pickling the rest. A chunk that cannot be pickled fails the whole map (as in the
-        stdlib, whose task thread also pickles chunk by chunk)."""
-        submit = runtime.core.submit
-        while True:
-            try:
-                piece = next(payloads, None)
-            except Exception as exc:
-                _fail_unpicklable_map(result, exc)
-                return
-            if piece is None:
-                return
-            size, payload = piece
-            handle = submit(kind, func_id, payload, True, FRONT_POOL, task_timeout)
-            result._add_chunk(runtime, handle, size)
 
     def map(
         self,
