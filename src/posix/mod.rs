@@ -1,6 +1,6 @@
 //! Thin, safe wrappers over the libc calls rpool needs: non-blocking pipes, poll, eventfd wake-ups,
-//! kill, parent-death signals, `_exit`, and the memfd segments large payloads travel in. This is the only module with `unsafe`; every block
-//! states why it is sound.
+//! kill, parent-death signals, yielding the CPU, `_exit`, and the memfd segments large payloads
+//! travel in. This is the only module with `unsafe`; every block states why it is sound.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -229,6 +229,12 @@ pub(crate) fn set_parent_death_signal(signal: i32) -> io::Result<()> {
 pub(crate) fn parent_pid() -> i32 {
     // SAFETY: getppid cannot fail and has no arguments.
     unsafe { libc::getppid() }
+}
+
+/// Gives the CPU to another runnable thread, if any, once (`sched_yield`).
+pub(crate) fn yield_cpu() {
+    // SAFETY: sched_yield takes no arguments and touches no memory; it cannot fail on Linux.
+    unsafe { libc::sched_yield() };
 }
 
 pub(crate) fn current_pid() -> i32 {
