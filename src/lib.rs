@@ -24,6 +24,7 @@ fn _rpool(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("SHARED_PAYLOAD_MIN", engine::segments::SHARED_PAYLOAD_MIN)?;
     m.add("SPLIT_PICKLE_MAGIC", engine::segments::SPLIT_PICKLE_MAGIC)?;
     m.add_function(wrap_pyfunction!(py::default_chunksize, m)?)?;
+    m.add_function(wrap_pyfunction!(py::fresh::pread_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(py::fastpickle::pickle_list_slice, m)?)?;
     m.add_function(wrap_pyfunction!(py::fastpickle::pickle_call_args_py, m)?)?;
     m.add_function(wrap_pyfunction!(worker::prepare_worker, m)?)?;

@@ -14,15 +14,15 @@ the items of small tuples, lists and dicts in them) is replaced while pickling b
 stand-in whose reduction hands the buffer to the pickler out of band. Its bytes are then copied
 once into the segment, straight from the object (one ``pwritev`` of the pinned `parts()`: by the
 parent's I/O thread when the task is dispatched, by a worker for its result), and once out of
-it (``os.pread`` into the new object), instead of passing through an 8 MiB intermediate pickle
-on each side. Objects that produce out-of-band buffers themselves (NumPy arrays under protocol
-5) take the same route; they get a private copy of their buffer when loaded, because the segment
-is reused as soon as the value is loaded.
+it (``pread`` straight into the new object, ``_rpool.pread_bytes``, which puts large ones in
+huge pages where the kernel allows), instead of passing through an 8 MiB intermediate pickle on
+each side. Objects that produce out-of-band buffers themselves (NumPy arrays under protocol 5)
+take the same route; each of their buffers is read into a private ``bytearray`` (one copy), as
+the segment is reused as soon as the value is loaded.
 """
 
 from __future__ import annotations
 
-import os
 import pickle
 import struct
 from collections.abc import Callable
@@ -189,7 +189,7 @@ def loads_segment(fd: int, length: int) -> Any:
     """Unpickles the first `length` bytes of a shared-memory segment (a plain or split pickle).
     Used on both sides; see src/engine/segments.rs.
 
-    A split pickle is read with ``os.pread`` straight into the objects it rebuilds: each large
+    A split pickle is read with ``pread`` straight into the objects it rebuilds: each large
     ``bytes`` is the very object ``pread`` returns (one copy, no mapping to set up and tear
     down). A plain pickle is unpickled from a mapping of the segment."""
     header = _read_exactly(fd, min(length, _HEADER.size), 0)
@@ -198,7 +198,9 @@ def loads_segment(fd: int, length: int) -> Any:
 
         with mmap.mmap(fd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ) as mapping:
             return pickle.loads(mapping)
-    return _loads_split(header, length, lambda size, offset: _read_exactly(fd, size, offset))
+    return _loads_split(
+        header, length, lambda size, offset, writable: _read_exactly(fd, size, offset, writable)
+    )
 
 
 def loads_buffer(data: bytes) -> Any:
@@ -206,19 +208,25 @@ def loads_buffer(data: bytes) -> Any:
     pipe because no segment could be had)."""
     if not data.startswith(_MAGIC):
         return pickle.loads(data)
-    return _loads_split(
-        data[: _HEADER.size], len(data), lambda size, offset: data[offset : offset + size]
-    )
+
+    def read(size: int, offset: int, writable: bool) -> bytes | bytearray:
+        piece = data[offset : offset + size]
+        return bytearray(piece) if writable else piece
+
+    return _loads_split(data[: _HEADER.size], len(data), read)
 
 
-def _loads_split(header: bytes, length: int, read: Callable[[int, int], bytes]) -> Any:
+def _loads_split(
+    header: bytes, length: int, read: Callable[[int, int, bool], bytes | bytearray]
+) -> Any:
     """Rebuilds a split pickle of `length` bytes whose header is `header`; `read(size,
-    offset)` returns `size` bytes of it from `offset`."""
+    offset, writable)` returns `size` bytes of it from `offset`, as a new `bytearray` when
+    `writable`."""
     _magic, count, _reserved, head_len = _HEADER.unpack(header)
     table_end = _HEADER.size + _ENTRY.size * count
     if table_end + head_len > length:
         raise pickle.UnpicklingError("rpool: shared-memory segment holds a truncated split pickle")
-    front = read(table_end + head_len - _HEADER.size, _HEADER.size)
+    front = read(table_end + head_len - _HEADER.size, _HEADER.size, False)
     buffers: list[Any] = []
     for index in range(count):
         offset, size, flags = _ENTRY.unpack_from(front, _ENTRY.size * index)
@@ -226,26 +234,20 @@ def _loads_split(header: bytes, length: int, read: Callable[[int, int], bytes]) 
             raise pickle.UnpicklingError(
                 "rpool: shared-memory segment holds a truncated split pickle"
             )
-        data = read(size, offset)
         # rpool's own stand-ins rebuild `bytes` from a `bytes` without copying; anything else
-        # gets a private, writable copy (the segment is reused after this load).
-        buffers.append(data if flags & _COPIED_ON_LOAD else bytearray(data))
+        # (NumPy arrays, say) gets a private, writable buffer of its own (the segment is
+        # reused after this load), read straight into a `bytearray`.
+        buffers.append(read(size, offset, not flags & _COPIED_ON_LOAD))
     with memoryview(front) as view:
         return pickle.loads(view[table_end - _HEADER.size :], buffers=buffers)
 
 
-def _read_exactly(fd: int, size: int, offset: int) -> bytes:
-    data = os.pread(fd, size, offset)
-    if len(data) == size:
-        return data
-    pieces = [data]
-    done = len(data)
-    while done < size:
-        piece = os.pread(fd, size - done, offset + done)
-        if not piece:
-            raise pickle.UnpicklingError(
-                "rpool: shared-memory segment holds a truncated split pickle"
-            )
-        pieces.append(piece)
-        done += len(piece)
-    return b"".join(pieces)
+def _read_exactly(fd: int, size: int, offset: int, writable: bool = False) -> Any:
+    """`size` bytes at `offset` of the segment, as a new `bytes` (a `bytearray` when
+    `writable`); large ones land in huge pages where the kernel allows (src/py/fresh.rs)."""
+    try:
+        return _rpool.pread_bytes(fd, size, offset, writable)
+    except EOFError:
+        raise pickle.UnpicklingError(
+            "rpool: shared-memory segment holds a truncated split pickle"
+        ) from None

@@ -1,6 +1,7 @@
 //! Thin, safe wrappers over the libc calls rpool needs: non-blocking pipes, poll, eventfd wake-ups,
-//! kill, parent-death signals, yielding the CPU, `_exit`, and the memfd segments large payloads
-//! travel in. This is the only module with `unsafe`; every block states why it is sound.
+//! kill, parent-death signals, yielding the CPU, `_exit`, the memfd segments large payloads
+//! travel in, and huge-page advice for the buffers they are read into. Every `unsafe` block
+//! here states why it is sound.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -252,6 +253,69 @@ pub(crate) fn memfd_segment() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
+/// Reads exactly `dest.len()` bytes at `offset` into `dest` (`pread(2)`, retried on EINTR and
+/// short reads); `UnexpectedEof` if the file ends first. `dest` may be uninitialised: only
+/// the kernel writes to it.
+pub(crate) fn read_exact_at(
+    fd: RawFd,
+    dest: &mut [std::mem::MaybeUninit<u8>],
+    mut offset: u64,
+) -> io::Result<()> {
+    let mut done = 0;
+    while done < dest.len() {
+        let rest = &mut dest[done..];
+        // SAFETY: `rest` is a writable region of `rest.len()` bytes that lives for the call;
+        // pread writes at most that many bytes into it and reads no memory of ours.
+        let n = unsafe {
+            libc::pread(
+                fd,
+                rest.as_mut_ptr().cast(),
+                rest.len(),
+                offset as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the file ended before the requested bytes",
+            ));
+        }
+        done += n as usize;
+        offset += n as u64;
+    }
+    Ok(())
+}
+
+/// Size of a transparent huge page on x86-64 and most other 64-bit Linux targets.
+const HUGE_PAGE: usize = 2 * 1024 * 1024;
+
+/// Asks the kernel to back the huge-page-aligned part of `len` bytes at `start` with
+/// transparent huge pages when they are first touched (`madvise(MADV_HUGEPAGE)`). A hint
+/// only: it changes no contents, and failures (no THP in this kernel, THP set to `never`,
+/// nothing aligned inside) are ignored.
+pub(crate) fn advise_huge_pages(start: *const u8, len: usize) {
+    let Some((first, end)) = huge_page_span(start as usize, len) else {
+        return;
+    };
+    // SAFETY: madvise does not access the memory; MADV_HUGEPAGE only sets a flag on the
+    // mappings in the range (the kernel checks that it is mapped), so no contents change.
+    unsafe { libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE) };
+}
+
+/// The whole huge pages inside `len` bytes at address `start`: `[first, end)`, if any.
+fn huge_page_span(start: usize, len: usize) -> Option<(usize, usize)> {
+    let first = start.checked_next_multiple_of(HUGE_PAGE)?;
+    let end = start.checked_add(len)? / HUGE_PAGE * HUGE_PAGE;
+    (end > first).then_some((first, end))
+}
+
 /// Writes all of `buf` at `offset` (retried on EINTR and short writes).
 pub(crate) fn write_all_at(fd: RawFd, buf: &[u8], offset: u64) -> io::Result<()> {
     write_vectored_all_at(fd, &mut [io::IoSlice::new(buf)], offset)
@@ -438,6 +502,37 @@ mod tests {
         assert_eq!(read(reopened.as_raw_fd(), &mut buf).unwrap(), 10);
         assert_eq!(&buf, b"helloworld");
         assert!(open_peer_fd(current_pid(), 1 << 30, false).is_err());
+    }
+
+    #[test]
+    fn reads_exactly_at_offsets_and_reports_a_short_file() {
+        let segment = memfd_segment().unwrap();
+        write_all_at(segment.as_raw_fd(), b"0123456789", 0).unwrap();
+        let mut buf = [std::mem::MaybeUninit::new(0u8); 4];
+        read_exact_at(segment.as_raw_fd(), &mut buf, 3).unwrap();
+        // SAFETY: every byte was initialised by `MaybeUninit::new` (and then written by pread).
+        let got: Vec<u8> = buf.iter().map(|b| unsafe { b.assume_init() }).collect();
+        assert_eq!(got, b"3456");
+        let mut long = [std::mem::MaybeUninit::new(0u8); 8];
+        let err = read_exact_at(segment.as_raw_fd(), &mut long, 5).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn huge_page_span_covers_only_whole_aligned_pages() {
+        let mib = 1024 * 1024;
+        // 8 MiB starting 16 bytes past a 2 MiB boundary: three whole pages after it.
+        assert_eq!(
+            huge_page_span(4 * mib + 16, 8 * mib),
+            Some((6 * mib, 12 * mib))
+        );
+        // Exactly aligned: all of it.
+        assert_eq!(huge_page_span(2 * mib, 4 * mib), Some((2 * mib, 6 * mib)));
+        // Less than one whole page inside.
+        assert_eq!(huge_page_span(2 * mib + 1, 2 * mib), None);
+        assert_eq!(huge_page_span(0, 0), None);
+        // Near the top of the address space: no overflow.
+        assert_eq!(huge_page_span(usize::MAX - 10, 100), None);
     }
 
     #[test]

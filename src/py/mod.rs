@@ -26,6 +26,7 @@ use crate::protocol::{FrameKind, FuncId, WorkerId};
 use pinned::PinnedParts;
 
 pub(crate) mod fastpickle;
+pub(crate) mod fresh;
 pub(crate) mod pinned;
 
 /// Longest stretch a blocked call stays detached before it checks for signals (Ctrl+C).

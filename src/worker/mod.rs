@@ -38,14 +38,17 @@ const GRANT_PATIENCE: Duration = Duration::from_millis(200);
 /// beyond this, so one huge chunk does not pin its size for the worker's life.
 const SCRATCH_KEEP: usize = 4 * 1024 * 1024;
 
-/// A task that ran at least this long has its result written at once rather than left to the
-/// flusher, and the worker then yields its CPU once, so the parent threads that take the result
-/// in (I/O, notifier) run now rather than after the worker's next time slice. With as many
-/// workers as cores the parent shares a core with a busy worker: a 1M-int `Pool.map` (62
-/// chunks of ~0.7 ms) ended with the parent alone decoding a backlog of results for 5-9 ms
-/// while the other core idled; written and yielded, it keeps pace (see the Performance notes).
-/// Tinier tasks keep sharing one write, and one yield costs ~1 µs.
-const HAND_OVER_AFTER: Duration = Duration::from_micros(200);
+/// A result at least this large is handed over at once: written straight away rather than
+/// left to the flusher, after which the worker yields its CPU once, so that a thread of the
+/// parent that is runnable on this CPU (typically its I/O thread, which then wakes the
+/// notifier) gets it now rather than after the worker's next time slice. Taking a result in
+/// costs the parent time in proportion to its size; with as many workers as cores, the
+/// parent shares a core with a busy worker, and a 1M-int `Pool.map` (62 chunks of ~80 KiB
+/// results) ended with the notifier alone decoding a backlog for 5-9 ms while the other core
+/// idled. Handed over, it keeps pace (see the README's Performance notes). Small results keep
+/// sharing one write: handing over every result of tasks of 300 µs (a time threshold, tried
+/// first) made a stream of them ~10% slower. A yield with nothing else runnable costs ~0.4 µs.
+const HAND_OVER_BYTES: usize = 16 * 1024;
 
 /// After the parent's end of the task pipe closes, a worker still busy (with a task or its
 /// initializer) gets this long to finish on its own before the reader thread ends the process.
@@ -314,14 +317,19 @@ pub(crate) fn worker_loop(
                         encode_frame(out, kind, frame.id, elapsed_ns, result)
                     })
                 };
+                let handed_over = result.len() >= HAND_OVER_BYTES;
                 if scratch.capacity() > SCRATCH_KEEP {
                     scratch = Vec::new();
                 }
                 done += 1;
                 let finished = max_tasks.is_some_and(|limit| done >= limit);
                 let shared = segment.is_some();
-                let handed_over = elapsed >= HAND_OVER_AFTER;
-                if finished || shared || handed_over || buffered >= FLUSH_BYTES {
+                if finished
+                    || shared
+                    || handed_over
+                    || elapsed >= FLUSH_AFTER
+                    || buffered >= FLUSH_BYTES
+                {
                     flush(py, &results).map_err(io_err)?;
                 }
                 if handed_over && !finished {

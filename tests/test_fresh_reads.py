@@ -1,0 +1,149 @@
+"""Reading a large value out of a shared-memory segment (`_rpool.pread_bytes`, src/py/fresh.rs).
+
+What must hold: the exact bytes at the offset come back, as `bytes` or (writable) a private
+`bytearray`, at every size; a file
+that ends early raises `EOFError` (a split pickle then reports a truncated segment), a bad
+descriptor `OSError`, a nonsensical size `ValueError`; a buffer of 4 MiB or more is advised to
+transparent huge pages (the mapping carries the `hg` flag) where the kernel offers them; and
+NumPy-style out-of-band buffers arrive as writable copies that do not share memory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pickle
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import _tasks
+import pytest
+from rpool import _rpool, _split
+
+MIB = 1024 * 1024
+THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+@pytest.fixture
+def memfd() -> Iterator[int]:
+    fd = os.memfd_create("rpool-test-fresh")
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def fill(fd: int, size: int, seed: int = 0) -> bytes:
+    data = random.Random(seed).randbytes(size)
+    assert os.pwrite(fd, data, 0) == size
+    return data
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, 3 * MIB + 17, 9 * MIB + 5])
+@pytest.mark.parametrize("writable", [False, True])
+def test_reads_exactly_the_bytes_at_the_offset(memfd: int, size: int, writable: bool) -> None:
+    data = fill(memfd, size + 300)
+    got = _rpool.pread_bytes(memfd, size, 300, writable)
+    assert type(got) is (bytearray if writable else bytes)
+    assert got == data[300 : 300 + size]
+
+
+def test_writable_reads_are_private_buffers(memfd: int) -> None:
+    data = fill(memfd, 5 * MIB)
+    first = _rpool.pread_bytes(memfd, 5 * MIB, 0, True)
+    second = _rpool.pread_bytes(memfd, 5 * MIB, 0, True)
+    assert isinstance(first, bytearray)
+    first[0] ^= 0xFF
+    assert second == data
+    assert os.pread(memfd, 1, 0) == data[:1]
+
+
+def test_a_descriptor_without_pread_raises_oserror() -> None:
+    # pread on a pipe fails (ESPIPE): an OSError, not a short or garbled result.
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, b"abc")
+        with pytest.raises(OSError):
+            _rpool.pread_bytes(read_end, 3, 0)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_a_file_that_ends_early_raises_eoferror(memfd: int) -> None:
+    fill(memfd, 1000)
+    with pytest.raises(EOFError, match="ended before"):
+        _rpool.pread_bytes(memfd, 2000, 0)
+    with pytest.raises(EOFError):
+        _rpool.pread_bytes(memfd, 10, 995, True)
+
+
+def test_bad_descriptor_and_size_raise_clear_errors(memfd: int) -> None:
+    with pytest.raises(OSError):
+        _rpool.pread_bytes(-1, 10, 0)
+    with pytest.raises(OverflowError):
+        _rpool.pread_bytes(memfd, -1, 0)
+    with pytest.raises(ValueError, match="cannot read"):
+        _rpool.pread_bytes(memfd, 2**63 + 1, 0)
+
+
+def test_truncated_split_pickle_reports_the_segment(memfd: int) -> None:
+    split = _split.SplitPickle([b"x" * (_split.SPLIT_MIN + 10)], 3)
+    data = b"".join(bytes(part) for part in split.parts())
+    os.pwrite(memfd, data[: len(data) - 100], 0)
+    with pytest.raises(pickle.UnpicklingError, match="truncated"):
+        # Claims the full length: the last buffer's read runs off the end of the file.
+        _split.loads_segment(memfd, len(data))
+
+
+def mapping_flags(address: int) -> list[str]:
+    """The VmFlags of the mapping in this process that contains `address`."""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and ":" not in head:
+            low, high = (int(part, 16) for part in head.split("-"))
+            inside = low <= address < high
+        elif inside and line.startswith("VmFlags:"):
+            return line.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+def thp_offered() -> bool:
+    try:
+        setting = THP_SETTING.read_text()
+    except OSError:
+        return False
+    return "[never]" not in setting
+
+
+@pytest.mark.skipif(not thp_offered(), reason="this kernel offers no transparent huge pages")
+@pytest.mark.parametrize("writable", [False, True])
+def test_large_buffers_are_advised_to_huge_pages(memfd: int, writable: bool) -> None:
+    size = 16 * MIB
+    fill(memfd, size)
+    got = _rpool.pread_bytes(memfd, size, 0, writable)
+    if writable:
+        address = ctypes.addressof(ctypes.c_char.from_buffer(got))
+    else:
+        address = ctypes.cast(ctypes.c_char_p(got), ctypes.c_void_p).value or 0
+    # The middle of a 16 MiB buffer lies in one of its 2 MiB-aligned pages, which were advised.
+    assert "hg" in mapping_flags(address + size // 2)
+
+
+def test_out_of_band_buffers_load_as_private_bytearrays() -> None:
+    value = _tasks.OwnBuffer(bytes(range(256)) * (_split.SPLIT_MIN // 256 + 1))
+    split = _split.SplitPickle(value, 3)
+    fd = os.memfd_create("rpool-test-fresh-oob")
+    try:
+        data = b"".join(bytes(part) for part in split.parts())
+        os.pwrite(fd, data, 0)
+        loaded = _split.loads_segment(fd, len(data))
+        again = _split.loads_segment(fd, len(data))
+    finally:
+        os.close(fd)
+    assert isinstance(loaded.data, bytearray)
+    assert loaded.data == value.data
+    loaded.data[0] ^= 0xFF
+    assert again.data == value.data
