@@ -1,28 +1,23 @@
 """Reading a large value out of a shared-memory segment (`_rpool.pread_bytes`, src/py/fresh.rs).
 
 What must hold: the exact bytes at the offset come back, as `bytes` or (writable) a private
-`bytearray`, at every size; a file
-that ends early raises `EOFError` (a split pickle then reports a truncated segment), a bad
-descriptor `OSError`, a nonsensical size `ValueError`; a buffer of 4 MiB or more is advised to
-transparent huge pages (the mapping carries the `hg` flag) where the kernel offers them; and
+`bytearray`, at every size; a file that ends early raises `EOFError` (a split pickle then
+reports a truncated segment), a bad descriptor `OSError`, a nonsensical size `ValueError`; and
 NumPy-style out-of-band buffers arrive as writable copies that do not share memory.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import pickle
 import random
 from collections.abc import Iterator
-from pathlib import Path
 
 import _tasks
 import pytest
 from rpool import _rpool, _split
 
 MIB = 1024 * 1024
-THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
 @pytest.fixture
@@ -95,41 +90,6 @@ def test_truncated_split_pickle_reports_the_segment(memfd: int) -> None:
     with pytest.raises(pickle.UnpicklingError, match="truncated"):
         # Claims the full length: the last buffer's read runs off the end of the file.
         _split.loads_segment(memfd, len(data))
-
-
-def mapping_flags(address: int) -> list[str]:
-    """The VmFlags of the mapping in this process that contains `address`."""
-    inside = False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        head = line.split()[0]
-        if "-" in head and ":" not in head:
-            low, high = (int(part, 16) for part in head.split("-"))
-            inside = low <= address < high
-        elif inside and line.startswith("VmFlags:"):
-            return line.split()[1:]
-    raise AssertionError(f"no mapping holds {address:#x}")
-
-
-def thp_offered() -> bool:
-    try:
-        setting = THP_SETTING.read_text()
-    except OSError:
-        return False
-    return "[never]" not in setting
-
-
-@pytest.mark.skipif(not thp_offered(), reason="this kernel offers no transparent huge pages")
-@pytest.mark.parametrize("writable", [False, True])
-def test_large_buffers_are_advised_to_huge_pages(memfd: int, writable: bool) -> None:
-    size = 16 * MIB
-    fill(memfd, size)
-    got = _rpool.pread_bytes(memfd, size, 0, writable)
-    if writable:
-        address = ctypes.addressof(ctypes.c_char.from_buffer(got))
-    else:
-        address = ctypes.cast(ctypes.c_char_p(got), ctypes.c_void_p).value or 0
-    # The middle of a 16 MiB buffer lies in one of its 2 MiB-aligned pages, which were advised.
-    assert "hg" in mapping_flags(address + size // 2)
 
 
 def test_out_of_band_buffers_load_as_private_bytearrays() -> None:

@@ -14,11 +14,10 @@ the items of small tuples, lists and dicts in them) is replaced while pickling b
 stand-in whose reduction hands the buffer to the pickler out of band. Its bytes are then copied
 once into the segment, straight from the object (one ``pwritev`` of the pinned `parts()`: by the
 parent's I/O thread when the task is dispatched, by a worker for its result), and once out of
-it (``pread`` straight into the new object, ``_rpool.pread_bytes``, which puts large ones in
-huge pages where the kernel allows), instead of passing through an 8 MiB intermediate pickle on
-each side. Objects that produce out-of-band buffers themselves (NumPy arrays under protocol 5)
-take the same route; each of their buffers is read into a private ``bytearray`` (one copy), as
-the segment is reused as soon as the value is loaded.
+it (``pread`` straight into the new object, ``_rpool.pread_bytes``), instead of passing through
+an 8 MiB intermediate pickle on each side. Objects that produce out-of-band buffers themselves
+(NumPy arrays under protocol 5) take the same route; each of their buffers is read into a
+private ``bytearray`` (one copy), as the segment is reused as soon as the value is loaded.
 """
 
 from __future__ import annotations
@@ -244,7 +243,7 @@ def _loads_split(
 
 def _read_exactly(fd: int, size: int, offset: int, writable: bool = False) -> Any:
     """`size` bytes at `offset` of the segment, as a new `bytes` (a `bytearray` when
-    `writable`); large ones land in huge pages where the kernel allows (src/py/fresh.rs)."""
+    `writable`), read straight into it (src/py/fresh.rs)."""
     try:
         return _rpool.pread_bytes(fd, size, offset, writable)
     except EOFError:

@@ -1,7 +1,6 @@
 //! Thin, safe wrappers over the libc calls rpool needs: non-blocking pipes, poll, eventfd wake-ups,
 //! kill, parent-death signals, yielding the CPU, `_exit`, the memfd segments large payloads
-//! travel in, and huge-page advice for the buffers they are read into. Every `unsafe` block
-//! here states why it is sound.
+//! travel in, and exact reads out of them. Every `unsafe` block here states why it is sound.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -293,29 +292,6 @@ pub(crate) fn read_exact_at(
     Ok(())
 }
 
-/// Size of a transparent huge page on x86-64 and most other 64-bit Linux targets.
-const HUGE_PAGE: usize = 2 * 1024 * 1024;
-
-/// Asks the kernel to back the huge-page-aligned part of `len` bytes at `start` with
-/// transparent huge pages when they are first touched (`madvise(MADV_HUGEPAGE)`). A hint
-/// only: it changes no contents, and failures (no THP in this kernel, THP set to `never`,
-/// nothing aligned inside) are ignored.
-pub(crate) fn advise_huge_pages(start: *const u8, len: usize) {
-    let Some((first, end)) = huge_page_span(start as usize, len) else {
-        return;
-    };
-    // SAFETY: madvise does not access the memory; MADV_HUGEPAGE only sets a flag on the
-    // mappings in the range (the kernel checks that it is mapped), so no contents change.
-    unsafe { libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE) };
-}
-
-/// The whole huge pages inside `len` bytes at address `start`: `[first, end)`, if any.
-fn huge_page_span(start: usize, len: usize) -> Option<(usize, usize)> {
-    let first = start.checked_next_multiple_of(HUGE_PAGE)?;
-    let end = start.checked_add(len)? / HUGE_PAGE * HUGE_PAGE;
-    (end > first).then_some((first, end))
-}
-
 /// Writes all of `buf` at `offset` (retried on EINTR and short writes).
 pub(crate) fn write_all_at(fd: RawFd, buf: &[u8], offset: u64) -> io::Result<()> {
     write_vectored_all_at(fd, &mut [io::IoSlice::new(buf)], offset)
@@ -516,23 +492,6 @@ mod tests {
         let mut long = [std::mem::MaybeUninit::new(0u8); 8];
         let err = read_exact_at(segment.as_raw_fd(), &mut long, 5).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
-    }
-
-    #[test]
-    fn huge_page_span_covers_only_whole_aligned_pages() {
-        let mib = 1024 * 1024;
-        // 8 MiB starting 16 bytes past a 2 MiB boundary: three whole pages after it.
-        assert_eq!(
-            huge_page_span(4 * mib + 16, 8 * mib),
-            Some((6 * mib, 12 * mib))
-        );
-        // Exactly aligned: all of it.
-        assert_eq!(huge_page_span(2 * mib, 4 * mib), Some((2 * mib, 6 * mib)));
-        // Less than one whole page inside.
-        assert_eq!(huge_page_span(2 * mib + 1, 2 * mib), None);
-        assert_eq!(huge_page_span(0, 0), None);
-        // Near the top of the address space: no overflow.
-        assert_eq!(huge_page_span(usize::MAX - 10, 100), None);
     }
 
     #[test]

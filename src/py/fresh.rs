@@ -1,13 +1,14 @@
-//! Reading a large value out of a shared-memory segment into a new `bytes` (or `bytearray`),
-//! the one copy a receiver of a large payload must make. Most of its cost on a VM is not the copy but the
-//! fresh memory: a kept 8 MiB result is 2048 first-touch page faults at ~1.35 µs each here.
-//! A buffer this large is advised to transparent huge pages before the read touches it
-//! (where the kernel offers them for advised memory, as in the usual `madvise` THP mode),
-//! so most of it faults in 2 MiB at a time: reading 8 MiB into fresh memory took 3.4 ms with
-//! 4 KiB pages and 0.6 ms advised, and 32 kept 8 MiB results came back ~30% faster. Only the
-//! whole 2 MiB pages inside the buffer are advised, so no page holds anything else; the
-//! advice stays with that address range after the object is freed, and memory the allocator
-//! hands out there again may be backed by huge pages too (it was in use at that size before).
+//! Reading a large value out of a shared-memory segment into a new `bytes` or `bytearray`:
+//! the one copy a receiver of a large payload must make. The object is made with its buffer
+//! uninitialised and `pread` fills it without the GIL, so a buffer that must be private and
+//! writable (NumPy-style out-of-band data) is read straight into a `bytearray` instead of
+//! being read into `bytes` and copied again (a second 8 MiB of fresh memory per value).
+//!
+//! Tried and dropped: advising the buffers to transparent huge pages before the read. In one
+//! process, 8 MiB into fresh memory took 0.6 ms advised against 3.4 ms with 4 KiB pages, but
+//! on this VM (a balloon driver hands free 2 MiB blocks back to the host) 32 kept 8 MiB
+//! results came back in 106-122 ms in some runs and 258 ms in others (160 ms steady without),
+//! and a full benchmark run fell to 0.75x the stdlib on that workload.
 
 use std::mem::MaybeUninit;
 use std::os::fd::RawFd;
@@ -18,14 +19,9 @@ use pyo3::prelude::*;
 
 use crate::posix;
 
-/// Buffers at least this large get the huge-page advice: below it, fewer than one aligned
-/// 2 MiB page can fall inside, and a read that small costs little anyway.
-pub(crate) const HUGE_ADVICE_MIN: usize = 4 * 1024 * 1024;
-
 /// Reads exactly `size` bytes at `offset` of file `fd` into a new `bytes`, or a new
 /// `bytearray` when `writable` (like `os.pread`, but never short: `EOFError` if the file ends
-/// first). Buffers of `HUGE_ADVICE_MIN` or more are advised to huge pages first. The read
-/// runs without the GIL.
+/// first). The read runs without the GIL.
 #[pyfunction]
 #[pyo3(signature = (fd, size, offset, writable=false))]
 pub(crate) fn pread_bytes(
@@ -64,9 +60,6 @@ pub(crate) fn pread_bytes(
     // SAFETY: `data` points to the `size` bytes of the buffer `object` owns, which no other
     // code can see until this function returns it; `MaybeUninit` makes no claim on contents.
     let buffer = unsafe { std::slice::from_raw_parts_mut(data, size) };
-    if size >= HUGE_ADVICE_MIN {
-        posix::advise_huge_pages(data.cast::<u8>(), size);
-    }
     py.detach(|| posix::read_exact_at(fd, buffer, offset))
         .map_err(|err| match err.kind() {
             std::io::ErrorKind::UnexpectedEof => {
