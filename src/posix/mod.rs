@@ -252,6 +252,22 @@ pub(crate) fn memfd_segment() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
+/// What one positioned read or write returned (`n`): the bytes it moved, `None` when a signal
+/// interrupted it (call again), the last OS error, or an error of `kind` when it moved nothing.
+fn moved(n: isize, kind: io::ErrorKind, nothing: &'static str) -> io::Result<Option<usize>> {
+    if n < 0 {
+        let err = io::Error::last_os_error();
+        return match err.kind() {
+            io::ErrorKind::Interrupted => Ok(None),
+            _ => Err(err),
+        };
+    }
+    if n == 0 {
+        return Err(io::Error::new(kind, nothing));
+    }
+    Ok(Some(n as usize))
+}
+
 /// Reads exactly `dest.len()` bytes at `offset` into `dest` (`pread(2)`, retried on EINTR and
 /// short reads); `UnexpectedEof` if the file ends first. `dest` may be uninitialised: only
 /// the kernel writes to it.
@@ -273,20 +289,15 @@ pub(crate) fn read_exact_at(
                 offset as libc::off_t,
             )
         };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the file ended before the requested bytes",
-            ));
-        }
-        done += n as usize;
+        let Some(n) = moved(
+            n,
+            io::ErrorKind::UnexpectedEof,
+            "the file ended before the bytes",
+        )?
+        else {
+            continue;
+        };
+        done += n;
         offset += n as u64;
     }
     Ok(())
@@ -319,21 +330,11 @@ pub(crate) fn write_vectored_all_at(
                 offset as libc::off_t,
             )
         };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                "segment accepted no bytes",
-            ));
-        }
+        let Some(n) = moved(n, io::ErrorKind::WriteZero, "segment accepted no bytes")? else {
+            continue;
+        };
         offset += n as u64;
-        io::IoSlice::advance_slices(&mut slices, n as usize);
+        io::IoSlice::advance_slices(&mut slices, n);
     }
     Ok(())
 }
