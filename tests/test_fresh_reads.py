@@ -8,6 +8,7 @@ NumPy-style out-of-band buffers arrive as writable copies that do not share memo
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import random
@@ -44,6 +45,17 @@ def test_reads_exactly_the_bytes_at_the_offset(memfd: int, size: int, writable: 
     assert got == data[300 : 300 + size]
 
 
+def test_empty_reads_need_no_bytes_and_writable_ones_are_distinct(memfd: int) -> None:
+    fill(memfd, 10)
+    assert _rpool.pread_bytes(memfd, 0, 1000) == b""  # past the end, as os.pread
+    first = _rpool.pread_bytes(memfd, 0, 0, True)
+    second = _rpool.pread_bytes(memfd, 0, 0, True)
+    assert first == second == bytearray()
+    assert first is not second
+    first.extend(b"abc")
+    assert second == bytearray()
+
+
 def test_writable_reads_are_private_buffers(memfd: int) -> None:
     data = fill(memfd, 5 * MIB)
     first = _rpool.pread_bytes(memfd, 5 * MIB, 0, True)
@@ -75,8 +87,9 @@ def test_a_file_that_ends_early_raises_eoferror(memfd: int) -> None:
 
 
 def test_bad_descriptor_and_size_raise_clear_errors(memfd: int) -> None:
-    with pytest.raises(OSError):
+    with pytest.raises(OSError) as raised:
         _rpool.pread_bytes(-1, 10, 0)
+    assert raised.value.errno == errno.EBADF
     with pytest.raises(OverflowError):
         _rpool.pread_bytes(memfd, -1, 0)
     with pytest.raises(ValueError, match="cannot read"):

@@ -274,21 +274,25 @@ fn moved(n: isize, kind: io::ErrorKind, nothing: &'static str) -> io::Result<Opt
 pub(crate) fn read_exact_at(
     fd: RawFd,
     dest: &mut [std::mem::MaybeUninit<u8>],
+    offset: u64,
+) -> io::Result<()> {
+    fill_exact(dest, offset, |rest, at| {
+        // SAFETY: `rest` is a writable region of `rest.len()` bytes that lives for the call;
+        // pread writes at most that many bytes into it and reads no memory of ours.
+        unsafe { libc::pread(fd, rest.as_mut_ptr().cast(), rest.len(), at as libc::off_t) }
+    })
+}
+
+/// `read_exact_at`'s loop, over any `read(rest, at)` that behaves like `pread` (returns the
+/// bytes it wrote at the start of `rest`, 0 at the end, or -1 with errno set).
+fn fill_exact(
+    dest: &mut [std::mem::MaybeUninit<u8>],
     mut offset: u64,
+    mut read: impl FnMut(&mut [std::mem::MaybeUninit<u8>], u64) -> isize,
 ) -> io::Result<()> {
     let mut done = 0;
     while done < dest.len() {
-        let rest = &mut dest[done..];
-        // SAFETY: `rest` is a writable region of `rest.len()` bytes that lives for the call;
-        // pread writes at most that many bytes into it and reads no memory of ours.
-        let n = unsafe {
-            libc::pread(
-                fd,
-                rest.as_mut_ptr().cast(),
-                rest.len(),
-                offset as libc::off_t,
-            )
-        };
+        let n = read(&mut dest[done..], offset);
         let Some(n) = moved(
             n,
             io::ErrorKind::UnexpectedEof,
@@ -493,6 +497,34 @@ mod tests {
         let mut long = [std::mem::MaybeUninit::new(0u8); 8];
         let err = read_exact_at(segment.as_raw_fd(), &mut long, 5).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn short_and_interrupted_reads_continue_where_they_stopped() {
+        let source: Vec<u8> = (0..100u8).collect();
+        let mut calls = 0;
+        let mut dest = [std::mem::MaybeUninit::new(0u8); 40];
+        fill_exact(&mut dest, 10, |rest, at| {
+            calls += 1;
+            if calls == 2 {
+                // SAFETY: errno is this thread's own variable; -1 with EINTR is what an
+                // interrupted pread returns.
+                unsafe { *libc::__errno_location() = libc::EINTR };
+                return -1;
+            }
+            // At most 7 bytes per call, from the requested offset.
+            let n = rest.len().min(7);
+            for (slot, byte) in rest.iter_mut().zip(&source[at as usize..at as usize + n]) {
+                slot.write(*byte);
+            }
+            n as isize
+        })
+        .unwrap();
+        // SAFETY: every byte was initialised by `MaybeUninit::new` (and then overwritten).
+        let got: Vec<u8> = dest.iter().map(|b| unsafe { b.assume_init() }).collect();
+        assert_eq!(got, &source[10..50]);
+        // Six reads of at most 7 bytes, and the interrupted one.
+        assert_eq!(calls, 40usize.div_ceil(7) + 1);
     }
 
     #[test]

@@ -33,8 +33,10 @@ pub(crate) fn pread_bytes(
 ) -> PyResult<Bound<'_, PyAny>> {
     let length = ffi::Py_ssize_t::try_from(size)
         .map_err(|_| PyValueError::new_err(format!("cannot read {size} bytes into memory")))?;
-    // SAFETY: with a NULL source, both constructors return a new object whose `size` bytes
-    // are left uninitialised (or NULL with an exception set); the GIL is held.
+    // SAFETY: the GIL is held. With a NULL source, both constructors return an object whose
+    // `size` bytes are left uninitialised (or NULL with an exception set): a new one, except
+    // that a `bytes` of size 0 is CPython's shared empty singleton, of which nothing is
+    // written below (a zero-length slice, and the read loop does not run).
     let raw = unsafe {
         if writable {
             ffi::PyByteArray_FromStringAndSize(std::ptr::null(), length)
@@ -44,8 +46,8 @@ pub(crate) fn pread_bytes(
     };
     // SAFETY: `raw` is a new (owned) reference or NULL with an exception set.
     let object = unsafe { Bound::from_owned_ptr_or_err(py, raw)? };
-    // SAFETY: `object` is the bytes or bytearray just made; its buffer stays where it is
-    // while it lives and nothing resizes it (no other code can see it yet).
+    // SAFETY: `object` is the bytes or bytearray just made; the pointer is to its buffer (for
+    // an empty one, to a static empty string), which stays where it is while it lives.
     let data = unsafe {
         if writable {
             ffi::PyByteArray_AsString(object.as_ptr())
@@ -57,17 +59,26 @@ pub(crate) fn pread_bytes(
         return Err(PyErr::fetch(py));
     }
     let data = data.cast::<MaybeUninit<u8>>();
-    // SAFETY: `data` points to the `size` bytes of the buffer `object` owns, which no other
-    // code can see until this function returns it; `MaybeUninit` makes no claim on contents.
+    // SAFETY: `data` points to the `size` bytes of the buffer `object` owns, and nothing else
+    // touches them while `buffer` is used: no other code holds the object (a non-empty one is
+    // new; bytes and bytearray are not tracked by the collector, so another thread cannot
+    // find it through `gc` while the GIL is released), `object` outlives the read below, and
+    // the closure takes only `buffer`, `fd` and `offset`. `MaybeUninit` makes no claim on the
+    // contents.
     let buffer = unsafe { std::slice::from_raw_parts_mut(data, size) };
     py.detach(|| posix::read_exact_at(fd, buffer, offset))
         .map_err(|err| match err.kind() {
             std::io::ErrorKind::UnexpectedEof => {
                 PyEOFError::new_err(format!("fd {fd} ended before {size} bytes at {offset}"))
             }
-            _ => PyOSError::new_err(format!(
-                "reading {size} bytes at {offset} of fd {fd}: {err}"
-            )),
+            // OSError(errno, message), which Python turns into the subclass for the errno.
+            _ => {
+                let message = format!("reading {size} bytes at {offset} of fd {fd}: {err}");
+                match err.raw_os_error() {
+                    Some(code) => PyOSError::new_err((code, message)),
+                    None => PyOSError::new_err(message),
+                }
+            }
         })?;
     Ok(object)
 }
