@@ -216,7 +216,7 @@ def loads_buffer(data: bytes) -> Any:
 
 
 def _loads_split(
-    header: bytes, length: int, read: Callable[[int, int, bool], bytes | bytearray]
+    header: bytes | bytearray, length: int, read: Callable[[int, int, bool], bytes | bytearray]
 ) -> Any:
     """Rebuilds a split pickle of `length` bytes whose header is `header`; `read(size,
     offset, writable)` returns `size` bytes of it from `offset`, as a new `bytearray` when
@@ -241,7 +241,7 @@ def _loads_split(
         return pickle.loads(view[table_end - _HEADER.size :], buffers=buffers)
 
 
-def _read_exactly(fd: int, size: int, offset: int, writable: bool = False) -> Any:
+def _read_exactly(fd: int, size: int, offset: int, writable: bool = False) -> bytes | bytearray:
     """`size` bytes at `offset` of the segment, as a new `bytes` (a `bytearray` when
     `writable`), read straight into it (src/py/fresh.rs)."""
     try:

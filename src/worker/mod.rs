@@ -48,9 +48,10 @@ const SCRATCH_KEEP: usize = 4 * 1024 * 1024;
 /// idled. Handed over, it keeps pace (see the README's Performance notes). Small results keep
 /// sharing one write: handing over every result of tasks of 300 µs (a time threshold, tried
 /// first) made a stream of them ~10% slower. A yield with nothing else runnable costs ~0.4 µs.
-/// A result sent in a shared segment is flushed (its frame is tiny) but not followed by a
-/// yield: the parent reads it with the GIL released; yielding after those too (the first
-/// version did) measured the same on 32 × 8 MiB payloads (174.0 vs 172.3 ms).
+/// A split result already written into a shared segment leaves only a tiny frame here: it is
+/// flushed but not followed by a yield (the parent reads the segment with the GIL released);
+/// yielding after those too (the first version did) measured the same on 32 × 8 MiB payloads
+/// (174.0 vs 172.3 ms).
 const HAND_OVER_BYTES: usize = 16 * 1024;
 
 /// After the parent's end of the task pipe closes, a worker still busy (with a task or its
