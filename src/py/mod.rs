@@ -108,6 +108,14 @@ fn load_value<'py>(py: Python<'py>, value: &Pickled) -> PyResult<Bound<'py, PyAn
     }
 }
 
+/// A result's object: a single plain number or string decoded natively, anything else
+/// unpickled where it lies.
+fn load_result<'py>(py: Python<'py>, value: &Pickled) -> PyResult<Bound<'py, PyAny>> {
+    load_plain_value(py, value)
+        .transpose()
+        .unwrap_or_else(|| load_value(py, value))
+}
+
 /// A single plain number or string decoded without `pickle` (see `fastpickle`); `None` for
 /// anything else.
 fn load_plain_value<'py>(py: Python<'py>, value: &Pickled) -> PyResult<Option<Bound<'py, PyAny>>> {
@@ -521,32 +529,29 @@ impl AsyncResult {
                 .slot
                 .take_outcome()
                 .ok_or_else(|| PyValueError::new_err("result is not ready"))?;
-            if let Outcome::Value(value) = &outcome {
-                let loaded = load_plain_value(py, value)
-                    .transpose()
-                    .unwrap_or_else(|| load_value(py, value));
-                match loaded {
-                    Ok(value) => return Ok((true, value.unbind())),
+            match outcome {
+                Outcome::Value(value) => match load_result(py, &value) {
+                    Ok(object) => Ok((true, object.unbind())),
                     // Ctrl+C while unpickling says nothing about the result: it goes back
                     // into the slot for the next attempt, in this thread or the notifier's,
                     // instead of becoming the task's failure. (Anything else the result's own
                     // unpickling raises, SystemExit included, is the task's failure, as in
                     // the stdlib.)
                     Err(err) if err.is_instance_of::<PyKeyboardInterrupt>(py) => {
-                        if let Outcome::Value(value) = outcome {
-                            self.slot.restore_value(value);
-                        }
-                        return Err(err);
+                        self.slot.restore_value(value);
+                        Err(err)
                     }
-                    Err(err) => {
-                        let failure =
-                            unpickle_failure(py)?.call1((err.into_value(py), self.front))?;
-                        return Ok((false, failure.unbind()));
-                    }
-                }
+                    Err(err) => Ok((false, self.unpickle_failed(py, err)?.unbind())),
+                },
+                other => self.decode_outcome(py, other),
             }
-            self.decode_outcome(py, outcome)
         })
+    }
+
+    /// The task's failure for a result that cannot be unpickled here (it fails its own task,
+    /// not the pool).
+    fn unpickle_failed<'py>(&self, py: Python<'py>, err: PyErr) -> PyResult<Bound<'py, PyAny>> {
+        unpickle_failure(py)?.call1((err.into_value(py), self.front))
     }
 
     /// (succeeded, value or exception) for an outcome taken from the slot.
@@ -554,16 +559,9 @@ impl AsyncResult {
         let factory = failure_factory(py)?;
         let front = self.front;
         let (ok, value) = match outcome {
-            Outcome::Value(value) => match load_plain_value(py, &value)
-                .transpose()
-                .unwrap_or_else(|| load_value(py, &value))
-            {
+            Outcome::Value(value) => match load_result(py, &value) {
                 Ok(value) => (true, value),
-                // A result that cannot be unpickled here fails its own task, not the pool.
-                Err(err) => (
-                    false,
-                    unpickle_failure(py)?.call1((err.into_value(py), front))?,
-                ),
+                Err(err) => (false, self.unpickle_failed(py, err)?),
             },
             Outcome::TaskError(bytes) => (
                 false,
