@@ -11,6 +11,7 @@ import asyncio
 import concurrent.futures
 import concurrent.futures.process
 import itertools
+import multiprocessing
 import threading
 from concurrent.futures import (
     ALL_COMPLETED,
@@ -360,6 +361,52 @@ def test_submit_after_shutdown(ctx):
     ex.shutdown()
     with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
         ex.submit(_tasks.square, 3)
+
+
+def test_worker_that_cannot_start_fails_the_first_submit_and_the_next_retries():
+    # Under spawn the initargs are pickled when a worker starts; a lock cannot be. The first
+    # task is queued before the workers start, yet the submit raises like the stdlib's.
+    spawn = multiprocessing.get_context("spawn")
+    ex = rpool.ProcessPoolExecutor(
+        2, mp_context=spawn, initializer=_tasks.record_init, initargs=(threading.Lock(),)
+    )
+    try:
+        for _ in range(2):
+            with pytest.raises(TypeError, match="pickle"):
+                ex.submit(_tasks.square, 3)
+            assert ex._runtime is None
+    finally:
+        ex.shutdown(wait=True)
+    assert multiprocessing.active_children() == []
+
+
+def _submit_while_another_thread_shuts_down(ctx) -> None:
+    ex = rpool.ProcessPoolExecutor(2, mp_context=ctx)
+    outcome: list[object] = []
+
+    def submit() -> None:
+        try:
+            outcome.append(ex.submit(_tasks.square, 5))
+        except RuntimeError as exc:
+            outcome.append(exc)
+
+    submitter = threading.Thread(target=submit)
+    submitter.start()
+    assert wait_until(lambda: ex._runtime is not None or bool(outcome), RESULT_TIMEOUT)
+    ex.shutdown(wait=True)
+    submitter.join(RESULT_TIMEOUT)
+    assert not submitter.is_alive()
+    (got,) = outcome
+    if isinstance(got, RuntimeError):  # refused: the shutdown came first
+        assert "after shutdown" in str(got)
+    else:  # accepted before the shutdown, so it ran to completion
+        assert isinstance(got, concurrent.futures.Future)
+        assert got.result(timeout=0) == 25
+
+
+def test_shutdown_from_another_thread_while_the_first_submit_starts_workers(ctx):
+    for _ in range(5):
+        _submit_while_another_thread_shuts_down(ctx)
 
 
 def test_context_manager_shuts_down(ctx):
