@@ -142,6 +142,13 @@ _INIT_VALUE = None
 _INIT_COUNT = 0
 
 
+def touch(path):
+    """Writes this worker's pid to ``path``: proof that the task ran."""
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    return os.getpid()
+
+
 def record_init(value):
     global _INIT_VALUE, _INIT_COUNT
     _INIT_VALUE = value

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import concurrent.futures.process
+import errno
 import itertools
 import multiprocessing
 import threading
+import time
 from concurrent.futures import (
     ALL_COMPLETED,
     FIRST_COMPLETED,
@@ -363,9 +365,13 @@ def test_submit_after_shutdown(ctx):
         ex.submit(_tasks.square, 3)
 
 
+def _rpool_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("rpool")]
+
+
 def test_worker_that_cannot_start_fails_the_first_submit_and_the_next_retries():
-    # Under spawn the initargs are pickled when a worker starts; a lock cannot be. The first
-    # task is queued before the workers start, yet the submit raises like the stdlib's.
+    # Under spawn the initargs are pickled when a worker starts; a lock cannot be. The submit
+    # that starts the workers raises it, like the stdlib's, and the next one tries afresh.
     spawn = multiprocessing.get_context("spawn")
     ex = rpool.ProcessPoolExecutor(
         2, mp_context=spawn, initializer=_tasks.record_init, initargs=(threading.Lock(),)
@@ -377,7 +383,40 @@ def test_worker_that_cannot_start_fails_the_first_submit_and_the_next_retries():
             assert ex._runtime is None
     finally:
         ex.shutdown(wait=True)
-    assert multiprocessing.active_children() == []
+    assert _rpool_threads() == []
+
+
+def test_second_worker_failing_to_start_fails_the_submit_and_its_task_never_runs(tmp_path):
+    # The first worker is up when the second cannot be started (fork refused): the submit
+    # raises, so its task must not run either, or a caller that retries would run it twice.
+    starts: list[object] = []
+
+    class SecondStartFails(multiprocessing.context.ForkProcess):
+        def start(self) -> None:
+            starts.append(self)
+            if len(starts) == 2:
+                # Time for the first worker to come up and take a task, had it been given one.
+                time.sleep(0.3)
+                raise BlockingIOError(errno.EAGAIN, "simulated: fork refused")
+            super().start()
+
+    class Context(multiprocessing.context.ForkContext):
+        Process = SecondStartFails
+
+    marker = tmp_path / "ran"
+    ex = rpool.ProcessPoolExecutor(2, mp_context=Context())
+    try:
+        with pytest.raises(BlockingIOError, match="simulated"):
+            ex.submit(_tasks.touch, str(marker))
+        assert ex._runtime is None
+        # The failed start was cleaned up: its first worker has been reaped, so a task that
+        # had not run by now never will.
+        assert multiprocessing.active_children() == []
+        assert _rpool_threads() == []
+        assert not marker.exists()
+        assert len(starts) == 2
+    finally:
+        ex.shutdown(wait=True)
 
 
 def _submit_while_another_thread_shuts_down(ctx) -> None:

@@ -95,10 +95,7 @@ class Runtime:
         front: int,
         daemon: bool,
         worker_label: str,
-        wait_started: bool = True,
     ) -> None:
-        """Starts the background threads; the supervisor starts the workers. With
-        ``wait_started`` false this returns at once and the caller must call `wait_started`."""
         self.processes = processes
         self.front = front
         self.core = _rpool.Core(processes, retries, max_tasks)
@@ -136,18 +133,12 @@ class Runtime:
         self._notifier = threading.Thread(target=self._notify, name="rpool-notifier", daemon=True)
         self._notifier.start()
         self._supervisor.start()
-        _live_runtimes.add(self)
-        if wait_started:
-            self.wait_started()
-
-    def wait_started(self) -> None:
-        """Waits until the supervisor has started every worker; if it could not, stops this
-        runtime and raises why. Tasks queued before the wait go to workers as they start."""
         self._started.wait()
         if self._start_error is not None:
             self.terminate()
             self.join()
             raise self._start_error
+        _live_runtimes.add(self)
 
     # --- checks ----------------------------------------------------------------------------
 

@@ -270,9 +270,8 @@ class ProcessPoolExecutor(ExecutorFront, futures.Executor):
             return "A child process terminated abruptly, the process pool is not usable anymore"
         return False
 
-    def _start_runtime(self, wait_started: bool = True) -> Runtime:
-        """Starts the workers on first use, as the stdlib executor does. With ``wait_started``
-        false the caller queues its task first and then calls `_await_workers`."""
+    def _start_runtime(self) -> Runtime:
+        """Starts the workers on first use, as the stdlib executor does."""
         with self._shutdown_lock:
             if self._shutdown_thread:
                 raise RuntimeError("cannot schedule new futures after shutdown")
@@ -287,35 +286,19 @@ class ProcessPoolExecutor(ExecutorFront, futures.Executor):
                     front=FRONT_EXECUTOR,
                     daemon=False,
                     worker_label="Process",
-                    wait_started=False,
                 )
                 runtime.graceful_exit = True
                 runtime.cloudpickle = self._cloudpickle is not False
                 self._runtime = runtime
-            runtime = self._runtime
-        if wait_started:
-            self._await_workers(runtime)
-        return runtime
+            return self._runtime
 
-    def _await_workers(self, runtime: Runtime) -> None:
-        """Waits until ``runtime`` has started its workers. If it could not, forgets it (the
-        next call starts afresh, as before any use) and raises why."""
-        try:
-            runtime.wait_started()
-        except BaseException:
-            if runtime.finished:
-                with self._shutdown_lock:
-                    if self._runtime is runtime:
-                        self._runtime = None
-            raise
-
-    def _live_runtime(self, wait_started: bool = True) -> Runtime:
+    def _live_runtime(self) -> Runtime:
         runtime = self._runtime
         if runtime is None:
             # The call that starts the workers is accepted even if they break at once; its
             # future carries the failure (as in the stdlib, which starts workers on first
             # submit). The engine accepts tasks for a broken pool and fails them.
-            return self._start_runtime(wait_started)
+            return self._start_runtime()
         if self._shutdown_thread:
             raise RuntimeError("cannot schedule new futures after shutdown")
         try:  # a broken pool raises InitializerError (with the initializer's exception) here
@@ -353,25 +336,8 @@ class ProcessPoolExecutor(ExecutorFront, futures.Executor):
         timeout: float | None,
     ) -> futures.Future[Any]:
         runtime = self._runtime
-        starting = runtime is None
         if runtime is None or self._shutdown_thread or runtime.broken or runtime.forked_away:
-            # Starts the workers, or raises the right error. The first task is queued before
-            # waiting for every worker to start, so the first worker up can run it.
-            runtime = self._live_runtime(wait_started=not starting)
-        try:
-            return self._queue(runtime, fn, args, kwargs, timeout)
-        finally:
-            if starting:  # a worker that could not start is raised here, as by the stdlib
-                self._await_workers(runtime)
-
-    def _queue(
-        self,
-        runtime: Runtime,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        timeout: float | None,
-    ) -> futures.Future[Any]:
+            runtime = self._live_runtime()  # starts the workers, or raises the right error
         future = RpoolFuture()
         func_id = runtime.func_id(fn)
         try:
