@@ -211,6 +211,15 @@ def test_parts_are_the_segment_layout_and_load_inline_too():
     assert _split.loads_buffer(pickle.dumps(value)) == value
 
 
+def test_out_of_band_buffers_load_inline_into_private_bytearrays():
+    original = _tasks.OwnBuffer(_tasks.pattern_bytes(BIG, 5))
+    joined = b"".join(bytes(part) for part in _split.SplitPickle(original).parts())
+    loaded = _split.loads_buffer(joined)
+    assert type(loaded.data) is bytearray and loaded.data == original.data
+    loaded.data[0] ^= 0xFF  # writable, and its own: the pickle it came from is untouched
+    assert _split.loads_buffer(joined).data == original.data
+
+
 def test_the_native_core_rejects_payloads_it_cannot_pin():
     with rpool.Pool(2) as pool:
         core = pool._runtime.core

@@ -209,8 +209,10 @@ def loads_buffer(data: bytes) -> Any:
         return pickle.loads(data)
 
     def read(size: int, offset: int, writable: bool) -> bytes | bytearray:
-        piece = data[offset : offset + size]
-        return bytearray(piece) if writable else piece
+        if writable:  # copied once, straight out of `data` (a slice first would copy twice)
+            with memoryview(data) as view, view[offset : offset + size] as piece:
+                return bytearray(piece)
+        return data[offset : offset + size]
 
     return _loads_split(data[: _HEADER.size], len(data), read)
 

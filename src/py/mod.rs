@@ -137,6 +137,14 @@ struct FutureStates {
     condition_lock: Py<PyAny>,
 }
 
+impl FutureStates {
+    /// Whether `future` can still be completed (PENDING or RUNNING: not cancelled, not done).
+    fn is_open(&self, future: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let state = future.getattr(intern!(future.py(), "_state"))?;
+        Ok(state.eq(&self.pending)? || state.eq(&self.running)?)
+    }
+}
+
 static FUTURE_STATES: PyOnceLock<FutureStates> = PyOnceLock::new();
 
 fn future_states(py: Python<'_>) -> PyResult<&FutureStates> {
@@ -653,15 +661,13 @@ impl AsyncResult {
         let value = value.bind(py);
         let release_handle = || future.setattr(intern!(py, "_rpool_handle"), py.None());
         let states = future_states(py)?;
-        let state = future.getattr(intern!(py, "_state"))?;
-        if !(state.eq(&states.pending)? || state.eq(&states.running)?) {
+        if !states.is_open(future)? {
             return release_handle(); // cancelled (or completed) meanwhile
         }
         let lock = states.condition_lock.bind(py);
         lock.call_method0(intern!(py, "acquire"))?;
         let finished_here = (|| -> PyResult<bool> {
-            let state = future.getattr(intern!(py, "_state"))?;
-            if !(state.eq(&states.pending)? || state.eq(&states.running)?) {
+            if !states.is_open(future)? {
                 return Ok(true); // the other completer (or a cancel) came first
             }
             if !future.getattr(intern!(py, "_rpool_cond"))?.is_none() {
