@@ -1,9 +1,10 @@
 """Reading a large value out of a shared-memory segment (`_rpool.pread_bytes`, src/py/fresh.rs).
 
 What must hold: the exact bytes at the offset come back, as `bytes` or (writable) a private
-`bytearray`, at every size; a file that ends early raises `EOFError` (a split pickle then
-reports a truncated segment), a bad descriptor `OSError`, a nonsensical size `ValueError`; and
-NumPy-style out-of-band buffers arrive as writable copies that do not share memory.
+`bytearray`, at every size (large reads are split between two threads); a file that ends early
+raises `EOFError` (a split pickle then reports a truncated segment), a bad descriptor `OSError`,
+a nonsensical size `ValueError`; and NumPy-style out-of-band buffers arrive as writable copies
+that do not share memory.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def fill(fd: int, size: int, seed: int = 0) -> bytes:
     return data
 
 
-@pytest.mark.parametrize("size", [0, 1, 4095, 3 * MIB + 17, 9 * MIB + 5])
+# From 4 MiB on, the read is split between two threads at a page boundary near the middle.
+@pytest.mark.parametrize("size", [0, 1, 4095, 3 * MIB + 17, 4 * MIB - 1, 4 * MIB, 9 * MIB + 5])
 @pytest.mark.parametrize("writable", [False, True])
 def test_reads_exactly_the_bytes_at_the_offset(memfd: int, size: int, writable: bool) -> None:
     data = fill(memfd, size + 300)
@@ -84,6 +86,28 @@ def test_a_file_that_ends_early_raises_eoferror(memfd: int) -> None:
         _rpool.pread_bytes(memfd, 2000, 0)
     with pytest.raises(EOFError):
         _rpool.pread_bytes(memfd, 10, 995, True)
+
+
+@pytest.mark.parametrize("file_size", [6 * MIB, 1 * MIB])
+@pytest.mark.parametrize("writable", [False, True])
+def test_a_split_read_whose_file_ends_early_raises_eoferror(
+    memfd: int, file_size: int, writable: bool
+) -> None:
+    # 6 MiB: only the back half runs off the end; 1 MiB: both halves do.
+    fill(memfd, file_size)
+    with pytest.raises(EOFError, match="ended before"):
+        _rpool.pread_bytes(memfd, 8 * MIB, 0, writable)
+
+
+def test_a_split_read_from_a_descriptor_without_pread_raises_oserror() -> None:
+    read_end, write_end = os.pipe()
+    try:
+        with pytest.raises(OSError) as raised:
+            _rpool.pread_bytes(read_end, 8 * MIB, 0)
+        assert raised.value.errno == errno.ESPIPE
+    finally:
+        os.close(read_end)
+        os.close(write_end)
 
 
 def test_bad_descriptor_and_size_raise_clear_errors(memfd: int) -> None:

@@ -283,6 +283,25 @@ pub(crate) fn read_exact_at(
     })
 }
 
+/// Faults in, ready for writing, the whole pages inside `buffer` with one system call, so a
+/// read into fresh memory does not take a page fault per page. Advisory: on kernels without
+/// `MADV_POPULATE_WRITE` (before 5.14), or if it fails, the pages are faulted in by the write
+/// that follows instead.
+pub(crate) fn populate_for_write(buffer: &mut [std::mem::MaybeUninit<u8>]) {
+    const MADV_POPULATE_WRITE: libc::c_int = 23;
+    let page = 4096;
+    let start = buffer.as_mut_ptr() as usize;
+    let first = start.next_multiple_of(page);
+    let end = (start + buffer.len()) / page * page;
+    if end <= first {
+        return;
+    }
+    // SAFETY: [first, end) lies inside `buffer`, memory this process owns and may write
+    // (the caller holds it mutably); MADV_POPULATE_WRITE only faults those pages in, as a
+    // write to them would, and leaves their contents as they are.
+    let _ = unsafe { libc::madvise(first as *mut libc::c_void, end - first, MADV_POPULATE_WRITE) };
+}
+
 /// `read_exact_at`'s loop, over any `read(rest, at)` that behaves like `pread` (returns the
 /// bytes it wrote at the start of `rest`, 0 at the end, or -1 with errno set).
 fn fill_exact(
@@ -560,5 +579,28 @@ mod tests {
         wake.wake();
         wake.wake();
         assert_eq!(wake_count(&wake), 1);
+    }
+
+    #[test]
+    fn populating_pages_for_writing_keeps_their_contents() {
+        // Unaligned on both ends, several pages long, with data already in it.
+        let mut block: Vec<u8> = (0..5 * 4096 + 123).map(|i| (i % 251) as u8).collect();
+        let expected = block.clone();
+        let inner = &mut block[77..];
+        let (start, len) = (
+            inner.as_mut_ptr().cast::<std::mem::MaybeUninit<u8>>(),
+            inner.len(),
+        );
+        // SAFETY: the same initialised bytes of `block`, viewed as MaybeUninit while `block`
+        // is not used; MaybeUninit<u8> has u8's layout.
+        let inner = unsafe { std::slice::from_raw_parts_mut(start, len) };
+        populate_for_write(inner);
+        populate_for_write(&mut inner[..10]); // smaller than a page: nothing to do
+        assert_eq!(block, expected);
+        // Fresh (uninitialised) capacity can be populated and then written.
+        let mut fresh: Vec<u8> = Vec::with_capacity(64 * 4096);
+        populate_for_write(fresh.spare_capacity_mut());
+        fresh.resize(64 * 4096, 7);
+        assert!(fresh.iter().all(|&b| b == 7));
     }
 }
