@@ -817,8 +817,8 @@ def main(argv: list[str] | None = None) -> int:
         if "of_floor" in r.extra:
             api = r.title.split(", rpool ")[-1]
             notes.append(
-                f"- payload floor (the parent only reading the results into new bytes, one "
-                f"copy): {cell(r.extra['floor_mib_s'], 'MiB/s')}; rpool {api}"
+                f"- payload fresh-memory read (one thread reading the results into new "
+                f"bytes, one copy): {cell(r.extra['floor_mib_s'], 'MiB/s')}; rpool {api}"
                 f" reaches {median(r.extra['of_floor']) * 100:.0f}% of it"
             )
         if "task_ms" in r.extra and "exec" not in r.workload:

@@ -283,23 +283,75 @@ pub(crate) fn read_exact_at(
     })
 }
 
+/// The size of a memory page.
+pub(crate) fn page_size() -> usize {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size)
+        .ok()
+        .filter(|&s| s > 0)
+        .unwrap_or(4096)
+}
+
 /// Faults in, ready for writing, the whole pages inside `buffer` with one system call, so a
 /// read into fresh memory does not take a page fault per page. Advisory: on kernels without
-/// `MADV_POPULATE_WRITE` (before 5.14), or if it fails, the pages are faulted in by the write
-/// that follows instead.
-pub(crate) fn populate_for_write(buffer: &mut [std::mem::MaybeUninit<u8>]) {
+/// `MADV_POPULATE_WRITE` (before 5.14) it fails with `EINVAL`, and the write that follows
+/// faults the pages in as before. `Ok` also when `buffer` holds no whole page.
+pub(crate) fn populate_for_write(buffer: &mut [std::mem::MaybeUninit<u8>]) -> io::Result<()> {
+    // Not in the libc crate's Linux constants yet: <linux/mman.h>.
     const MADV_POPULATE_WRITE: libc::c_int = 23;
-    let page = 4096;
+    let page = page_size();
     let start = buffer.as_mut_ptr() as usize;
     let first = start.next_multiple_of(page);
     let end = (start + buffer.len()) / page * page;
     if end <= first {
-        return;
+        return Ok(());
     }
     // SAFETY: [first, end) lies inside `buffer`, memory this process owns and may write
     // (the caller holds it mutably); MADV_POPULATE_WRITE only faults those pages in, as a
     // write to them would, and leaves their contents as they are.
-    let _ = unsafe { libc::madvise(first as *mut libc::c_void, end - first, MADV_POPULATE_WRITE) };
+    check(unsafe { libc::madvise(first as *mut libc::c_void, end - first, MADV_POPULATE_WRITE) })
+        .map(drop)
+}
+
+/// How many CPUs this thread may run on now (its affinity mask); 1 if that cannot be read.
+pub(crate) fn cpus_allowed() -> usize {
+    // SAFETY: an all-zero cpu_set_t is a valid (empty) set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a cpu_set_t of the size passed, which sched_getaffinity fills.
+    let got = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
+    if got != 0 {
+        return 1;
+    }
+    // SAFETY: `set` was filled by sched_getaffinity above.
+    usize::try_from(unsafe { libc::CPU_COUNT(&set) }).map_or(1, |n| n.max(1))
+}
+
+/// Whether this process's address space is capped (`RLIMIT_AS`, e.g. `ulimit -v`).
+pub(crate) fn address_space_limited() -> bool {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is an rlimit for getrlimit to fill.
+    let got = unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) };
+    got != 0 || limit.rlim_cur != libc::RLIM_INFINITY
+}
+
+/// Whether the kernel refuses to overcommit memory (`vm.overcommit_memory` = 2), read once.
+pub(crate) fn strict_overcommit() -> bool {
+    static MODE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+    use std::sync::atomic::Ordering;
+    match MODE.load(Ordering::Relaxed) {
+        0 => {
+            let strict = std::fs::read_to_string("/proc/sys/vm/overcommit_memory")
+                .map(|mode| mode.trim() == "2")
+                .unwrap_or(false);
+            MODE.store(if strict { 2 } else { 1 }, Ordering::Relaxed);
+            strict
+        }
+        mode => mode == 2,
+    }
 }
 
 /// `read_exact_at`'s loop, over any `read(rest, at)` that behaves like `pread` (returns the
@@ -594,13 +646,76 @@ mod tests {
         // SAFETY: the same initialised bytes of `block`, viewed as MaybeUninit while `block`
         // is not used; MaybeUninit<u8> has u8's layout.
         let inner = unsafe { std::slice::from_raw_parts_mut(start, len) };
-        populate_for_write(inner);
-        populate_for_write(&mut inner[..10]); // smaller than a page: nothing to do
+        let populated = populate_for_write(inner);
+        populate_for_write(&mut inner[..10]).unwrap(); // less than a page: nothing to do
         assert_eq!(block, expected);
-        // Fresh (uninitialised) capacity can be populated and then written.
-        let mut fresh: Vec<u8> = Vec::with_capacity(64 * 4096);
-        populate_for_write(fresh.spare_capacity_mut());
-        fresh.resize(64 * 4096, 7);
-        assert!(fresh.iter().all(|&b| b == 7));
+        match populated {
+            Ok(()) => {}
+            // A kernel older than 5.14 does not know the advice; nothing else may fail here.
+            Err(err) => assert_eq!(err.raw_os_error(), Some(libc::EINVAL)),
+        }
+    }
+
+    /// Pages of a fresh anonymous mapping that are resident, as `mincore` reports them.
+    fn resident_pages(start: *mut libc::c_void, pages: usize) -> usize {
+        let mut flags = vec![0u8; pages];
+        // SAFETY: [start, start + pages pages) is a mapping made by the caller; `flags` has
+        // one byte per page for mincore to fill.
+        let got = unsafe { libc::mincore(start, pages * page_size(), flags.as_mut_ptr()) };
+        assert_eq!(got, 0, "{}", io::Error::last_os_error());
+        flags.iter().filter(|&&f| f & 1 != 0).count()
+    }
+
+    #[test]
+    fn populating_a_fresh_mapping_makes_its_pages_resident() {
+        let pages = 64;
+        let len = pages * page_size();
+        // SAFETY: a new private anonymous mapping, owned by this test until munmap below.
+        let start = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(start, libc::MAP_FAILED);
+        assert_eq!(resident_pages(start, pages), 0);
+        // SAFETY: the mapping is `len` writable bytes that nothing else uses.
+        let buffer = unsafe {
+            std::slice::from_raw_parts_mut(start.cast::<std::mem::MaybeUninit<u8>>(), len)
+        };
+        let populated = populate_for_write(buffer);
+        let resident = resident_pages(start, pages);
+        // SAFETY: unmaps the mapping made above; `buffer` is not used after this.
+        unsafe { libc::munmap(start, len) };
+        match populated {
+            Ok(()) => assert_eq!(resident, pages),
+            Err(err) => assert_eq!(err.raw_os_error(), Some(libc::EINVAL)), // before Linux 5.14
+        }
+    }
+
+    #[test]
+    fn a_capped_address_space_is_seen() {
+        let pid = fork_for_test().unwrap();
+        if pid == 0 {
+            let limit = libc::rlimit {
+                rlim_cur: 64 << 30,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            // SAFETY: `limit` is a valid rlimit; this forked test child changes only itself.
+            let set = unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) };
+            exit_now(if set == 0 && address_space_limited() {
+                0
+            } else {
+                3
+            });
+        }
+        assert_eq!(
+            wait_child_for_test(pid, std::time::Duration::from_secs(10)),
+            Some(0)
+        );
     }
 }

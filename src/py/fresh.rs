@@ -5,10 +5,10 @@
 //! being read into `bytes` and copied again (a second 8 MiB of fresh memory per value).
 //!
 //! Most of such a read is the kernel handing out fresh pages for the new object. Those are
-//! faulted in with one `madvise(MADV_POPULATE_WRITE)` instead of a fault per page, and a read
-//! of 4 MiB or more is split between this thread and a short-lived helper, each filling its
-//! half (the parent's loader used to fault in 256 MiB of results alone while the other core
-//! idled).
+//! faulted in with `madvise(MADV_POPULATE_WRITE)` instead of a fault per page, and a read of
+//! 4 MiB or more, by a thread allowed two CPUs, is split between it and a short-lived helper,
+//! each filling its half (the parent's loader used to fault in 256 MiB of results alone while
+//! the other core idled).
 //!
 //! Tried and dropped: advising the buffers to transparent huge pages before the read. In one
 //! process, 8 MiB into fresh memory took 0.6 ms advised against 3.4 ms with 4 KiB pages, but
@@ -19,7 +19,6 @@
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use pyo3::exceptions::{PyEOFError, PyOSError, PyValueError};
@@ -95,61 +94,120 @@ pub(crate) fn pread_bytes(
 /// Reads of at least this many bytes are split between two threads.
 const SPLIT_READ_MIN: usize = 4 << 20;
 
-/// Fills `buffer` from `fd` at `offset`; a large read runs as two `pread`s on two threads (this
-/// one and a short-lived helper), each into its own half. Most of such a read is the kernel
-/// handing out fresh pages for the new object, which two threads do side by side (32 kept
-/// 8 MiB reads: ~2500 MiB/s on one thread, ~4300-4700 MiB/s on two, on this 2-core VM).
+/// Fills `buffer` from `fd` at `offset`. A large read runs as two `pread`s, one on this thread
+/// and one on a short-lived helper, each into its own half, when the thread may use two CPUs.
+/// Most of such a read is the kernel handing out fresh pages for the new object, which two
+/// threads do side by side (32 kept 8 MiB reads: ~2500 MiB/s on one thread, ~4300-4700 MiB/s
+/// on two, on this 2-core VM).
+///
+/// Not split when the process's memory is capped (`RLIMIT_AS`, or the kernel's strict
+/// overcommit): a new thread that gets its stack but then no memory for its thread-local
+/// data ends the whole process in glibc, where a read on this thread would have succeeded.
 fn read_into(fd: RawFd, buffer: &mut [MaybeUninit<u8>], offset: u64) -> io::Result<()> {
-    if buffer.len() < SPLIT_READ_MIN || cpu_count() < 2 {
+    let may_split = buffer.len() >= SPLIT_READ_MIN
+        && posix::cpus_allowed() >= 2
+        && !posix::address_space_limited()
+        && !posix::strict_overcommit();
+    if !may_split {
         return read_fresh(fd, buffer, offset);
     }
+    read_split(fd, buffer, offset, true)
+}
+
+/// `read_into`'s split read; `may_spawn` false reads both halves here (as when no helper
+/// thread can be started).
+fn read_split(
+    fd: RawFd,
+    buffer: &mut [MaybeUninit<u8>],
+    offset: u64,
+    may_spawn: bool,
+) -> io::Result<()> {
     // Split on a page boundary so the two threads never fault in the same page.
-    let page = 4096;
+    let page = posix::page_size();
     let middle = buffer.len() / 2;
-    let misalignment = (buffer.as_ptr() as usize + middle) % page;
-    let split = middle - misalignment;
+    let split = middle - (buffer.as_ptr() as usize + middle) % page;
+    let Some(back_offset) = offset.checked_add(split as u64) else {
+        // Past any file's end: one read, which fails as `pread` does.
+        return read_fresh(fd, buffer, offset);
+    };
     let (front, back) = buffer.split_at_mut(split);
-    let back_offset = offset + split as u64;
     // The back half goes to whichever thread takes it: the helper, or this one if no helper
-    // could be started (a process or memory limit).
+    // could be started (a process or thread limit).
     let back = Mutex::new(Some(back));
     let read_back = || {
         let taken = back.lock().unwrap_or_else(PoisonError::into_inner).take();
         taken.map_or(Ok(()), |back| read_fresh(fd, back, back_offset))
     };
     std::thread::scope(|scope| {
-        let helper = std::thread::Builder::new()
-            .name("rpool-load".into())
-            .spawn_scoped(scope, read_back);
+        let helper = may_spawn
+            .then(|| {
+                std::thread::Builder::new()
+                    .name("rpool-load".into())
+                    .spawn_scoped(scope, read_back)
+                    .ok()
+            })
+            .flatten();
         let front_read = read_fresh(fd, front, offset);
         let back_read = match helper {
-            Ok(helper) => helper
+            Some(helper) => helper
                 .join()
                 .unwrap_or_else(|_| Err(io::Error::other("the helper read panicked"))),
-            Err(_) => read_back(),
+            None => read_back(),
         };
         front_read.and(back_read)
     })
 }
 
 /// `posix::read_exact_at` into memory that may be fresh: its whole pages are first faulted
-/// in with one `madvise(MADV_POPULATE_WRITE)` (Linux 5.14+; elsewhere the read faults them in
-/// one by one as before). 32 kept 8 MiB reads into new mappings: ~2400 MiB/s read directly,
-/// ~2700 MiB/s populated first, on this VM.
+/// in with one `madvise(MADV_POPULATE_WRITE)` per call (Linux 5.14+; elsewhere, or if that
+/// fails, the read faults them in one by one as before). 32 kept 8 MiB reads into new
+/// mappings: ~2400 MiB/s read directly, ~2700 MiB/s populated first, on this VM.
 fn read_fresh(fd: RawFd, buffer: &mut [MaybeUninit<u8>], offset: u64) -> io::Result<()> {
-    posix::populate_for_write(buffer);
+    let _ = posix::populate_for_write(buffer);
     posix::read_exact_at(fd, buffer, offset)
 }
 
-/// CPUs this process may run on (looked up once; a forked worker inherits the answer).
-fn cpu_count() -> usize {
-    static CPUS: AtomicUsize = AtomicUsize::new(0);
-    match CPUS.load(Ordering::Relaxed) {
-        0 => {
-            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-            CPUS.store(cpus, Ordering::Relaxed);
-            cpus
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    fn memfd_with(data: &[u8]) -> std::os::fd::OwnedFd {
+        let fd = posix::memfd_segment().unwrap();
+        posix::write_all_at(fd.as_raw_fd(), data, 0).unwrap();
+        fd
+    }
+
+    fn read_back(fd: RawFd, len: usize, offset: u64, may_spawn: bool) -> io::Result<Vec<u8>> {
+        let mut out: Vec<u8> = Vec::with_capacity(len);
+        read_split(fd, &mut out.spare_capacity_mut()[..len], offset, may_spawn)?;
+        // SAFETY: read_split filled all `len` bytes (it returned Ok).
+        unsafe { out.set_len(len) };
+        Ok(out)
+    }
+
+    #[test]
+    fn split_reads_fill_both_halves_with_or_without_a_helper() {
+        let data: Vec<u8> = (0..9 * 1024 * 1024 + 77)
+            .map(|i| (i * 7 % 253) as u8)
+            .collect();
+        let fd = memfd_with(&data);
+        for may_spawn in [true, false] {
+            let got = read_back(fd.as_raw_fd(), data.len() - 300, 300, may_spawn).unwrap();
+            assert!(got == data[300..], "may_spawn={may_spawn}");
         }
-        cpus => cpus,
+    }
+
+    #[test]
+    fn split_reads_report_a_file_that_ends_early_or_an_impossible_offset() {
+        let data = vec![5u8; 6 * 1024 * 1024];
+        let fd = memfd_with(&data);
+        for may_spawn in [true, false] {
+            let short = read_back(fd.as_raw_fd(), 8 * 1024 * 1024, 0, may_spawn);
+            assert_eq!(short.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+            // The back half's offset would overflow: one read, refused as pread refuses it.
+            let far = read_back(fd.as_raw_fd(), 8 * 1024 * 1024, u64::MAX - 100, may_spawn);
+            assert!(far.is_err());
+        }
     }
 }
