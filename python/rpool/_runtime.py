@@ -44,9 +44,25 @@ FUNC_CACHE_LIMIT = 1024
 # How long background threads sleep between checks of their stop flags.
 THREAD_POLL_SECONDS = 0.1
 
-# Kernel buffer of each task/result pipe (default 64 KiB): 1 MiB lets a large payload cross
-# in a few big writes instead of many wake-ups; it is the default pipe-max-size for users.
+# Kernel buffer of each task/result pipe (default 64 KiB): up to 1 MiB (the default
+# pipe-max-size for users) lets a large payload cross in a few big writes instead of many
+# wake-ups. A pool enlarges its pipes to at most PIPE_BUDGET_BYTES together: the kernel counts
+# pipe buffers per user, and once a user's pipes pass 64 MiB (pipe-user-pages-soft) every new
+# pipe of that user, in any program, gets 8 KiB, and no pipe can be enlarged.
 PIPE_BYTES = 1 << 20
+PIPE_DEFAULT_BYTES = 64 << 10
+PIPE_BUDGET_BYTES = 16 << 20
+
+
+def pipe_bytes(processes: int) -> int:
+    """Buffer size for each of a pool's pipes (two per worker): a power of two between the
+    kernel's default and `PIPE_BYTES`, so that all of them stay within `PIPE_BUDGET_BYTES`."""
+    share = PIPE_BUDGET_BYTES // (2 * max(processes, 1))
+    size = PIPE_DEFAULT_BYTES
+    while size * 2 <= min(share, PIPE_BYTES):
+        size *= 2
+    return size
+
 
 # Retry interval for completion notices that arrived before their entry was registered.
 UNMATCHED_RETRY_SECONDS = 0.001
@@ -195,11 +211,12 @@ class Runtime:
         ctx = self._ctx
         task_read, task_write = os.pipe()
         result_read, result_write = os.pipe()
-        for fd in (task_write, result_write):
+        size = pipe_bytes(self.processes)
+        for fd in (task_write, result_write) if size > PIPE_DEFAULT_BYTES else ():
             try:
-                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
             except OSError:
-                pass  # above /proc/sys/fs/pipe-max-size for this user: keep the default
+                pass  # above this user's pipe limits: keep the default
         child_task = Connection(task_read, writable=False)
         child_result = Connection(result_write, readable=False)
         expected_parent = os.getpid() if self._start_method in ("fork", "spawn") else 0
