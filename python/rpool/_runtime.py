@@ -212,11 +212,12 @@ class Runtime:
         task_read, task_write = os.pipe()
         result_read, result_write = os.pipe()
         size = pipe_bytes(self.processes)
-        for fd in (task_write, result_write) if size > PIPE_DEFAULT_BYTES else ():
-            try:
-                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
-            except OSError:
-                pass  # above this user's pipe limits: keep the default
+        if size > PIPE_DEFAULT_BYTES:
+            for fd in (task_write, result_write):
+                try:
+                    fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+                except OSError:
+                    pass  # above this user's pipe limits: keep the default
         child_task = Connection(task_read, writable=False)
         child_result = Connection(result_write, readable=False)
         expected_parent = os.getpid() if self._start_method in ("fork", "spawn") else 0

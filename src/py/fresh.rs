@@ -178,7 +178,12 @@ mod tests {
         fd
     }
 
-    fn read_back(fd: RawFd, len: usize, offset: u64, may_spawn: bool) -> io::Result<Vec<u8>> {
+    fn split_read_to_vec(
+        fd: RawFd,
+        len: usize,
+        offset: u64,
+        may_spawn: bool,
+    ) -> io::Result<Vec<u8>> {
         let mut out: Vec<u8> = Vec::with_capacity(len);
         read_split(fd, &mut out.spare_capacity_mut()[..len], offset, may_spawn)?;
         // SAFETY: read_split filled all `len` bytes (it returned Ok).
@@ -193,7 +198,7 @@ mod tests {
             .collect();
         let fd = memfd_with(&data);
         for may_spawn in [true, false] {
-            let got = read_back(fd.as_raw_fd(), data.len() - 300, 300, may_spawn).unwrap();
+            let got = split_read_to_vec(fd.as_raw_fd(), data.len() - 300, 300, may_spawn).unwrap();
             assert!(got == data[300..], "may_spawn={may_spawn}");
         }
     }
@@ -203,10 +208,10 @@ mod tests {
         let data = vec![5u8; 6 * 1024 * 1024];
         let fd = memfd_with(&data);
         for may_spawn in [true, false] {
-            let short = read_back(fd.as_raw_fd(), 8 * 1024 * 1024, 0, may_spawn);
+            let short = split_read_to_vec(fd.as_raw_fd(), 8 * 1024 * 1024, 0, may_spawn);
             assert_eq!(short.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
             // The back half's offset would overflow: one read, refused as pread refuses it.
-            let far = read_back(fd.as_raw_fd(), 8 * 1024 * 1024, u64::MAX - 100, may_spawn);
+            let far = split_read_to_vec(fd.as_raw_fd(), 8 * 1024 * 1024, u64::MAX - 100, may_spawn);
             assert!(far.is_err());
         }
     }
